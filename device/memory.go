@@ -1,0 +1,53 @@
+package device
+
+import "sync"
+
+// Memory is an in-memory Device for tests. It keeps, besides the current
+// contents, the contents as of the last Flush, so a test can simulate a power
+// failure with Crash (every write not followed by a Flush is lost).
+type Memory struct {
+	mu      sync.RWMutex // guards data and durable
+	data    []byte
+	durable []byte
+}
+
+// NewMemory returns a zeroed in-memory device of size bytes.
+func NewMemory(size int64) *Memory {
+	return &Memory{data: make([]byte, size), durable: make([]byte, size)}
+}
+
+func (m *Memory) Size() int64  { return int64(len(m.data)) }
+func (m *Memory) Close() error { return nil }
+
+func (m *Memory) ReadAt(p []byte, off int64) (int, error) {
+	if err := CheckRange(m.Size(), off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return copy(p, m.data[off:]), nil
+}
+
+func (m *Memory) WriteAt(p []byte, off int64) (int, error) {
+	if err := CheckRange(m.Size(), off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return copy(m.data[off:], p), nil
+}
+
+// Flush makes the current contents durable.
+func (m *Memory) Flush() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	copy(m.durable, m.data)
+	return nil
+}
+
+// Crash drops every write since the last Flush.
+func (m *Memory) Crash() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	copy(m.data, m.durable)
+}
