@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/twinbd/twinbd/daemon"
+)
+
+type daemonOpts struct {
+	up       []string
+	logLevel string
+}
+
+func newDaemonCmd(g *globalOpts) *cobra.Command {
+	o := &daemonOpts{}
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run this node's daemon in the foreground",
+		Long: `Run this node's daemon in the foreground. It serves the control socket
+(RUN-DIR/NODE.sock, root-only) that the other verbs talk to, and on SIGTERM or
+SIGINT brings every resource down cleanly: demote, drain, flush.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+				return err
+			}
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return daemon.New(daemon.Options{
+				ConfigPath: g.config, Node: g.node, RunDir: g.runDir, Logger: log, Up: o.up,
+			}).Run(ctx)
+		},
+	}
+	cmd.Flags().StringSliceVar(&o.up, "up", nil, "resources to bring up at start (or all)")
+	cmd.Flags().StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+// call sends one verb to this node's daemon and turns its answer into
+// output and an exit code.
+func call(cmd *cobra.Command, g *globalOpts, req daemon.Request) (daemon.Response, error) {
+	ctx := cmd.Context()
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	resp, err := daemon.Call(ctx, daemon.SocketPath(g.runDir, g.node), req)
+	if err != nil {
+		return resp, &exitError{code: 20, err: err}
+	}
+	cmd.OutOrStdout().Write([]byte(resp.Output))
+	if resp.Code != daemon.CodeOK {
+		return resp, &exitError{code: resp.Code, err: errString(resp.Error)}
+	}
+	return resp, nil
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/spf13/cobra"
+	"github.com/twinbd/twinbd/daemon"
+)
+
+// newVerbCmd builds a command that sends one verb for a resource (or all)
+// to the node daemon.
+func newVerbCmd(g *globalOpts, verb, short, forceHelp string) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   verb + " RESOURCE|all",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, err := call(cmd, g, daemon.Request{Verb: verb, Resource: args[0], Force: force})
+			return err
+		},
+	}
+	if forceHelp != "" {
+		cmd.Flags().BoolVar(&force, "force", false, forceHelp)
+	}
+	return cmd
+}
+
+func newVerbCmds(g *globalOpts) []*cobra.Command {
+	return []*cobra.Command{
+		newVerbCmd(g, "up", "Attach the disk and bring the resource up", ""),
+		newVerbCmd(g, "down", "Demote if Primary, flush and take the resource down", "disconnect NBD clients if Primary"),
+		newVerbCmd(g, "primary", "Promote this node and serve the NBD export", "promote without UpToDate data: declares local data UpToDate (initial sync source, disaster recovery); may discard the peer's newer writes"),
+		newVerbCmd(g, "secondary", "Demote this node (stops the NBD export)", "disconnect NBD clients that are still connected"),
+		newVerbCmd(g, "role", "Print this node's role", ""),
+		newVerbCmd(g, "dstate", "Print the disk states (local/peer)", ""),
+		newVerbCmd(g, "cstate", "Print the connection state", ""),
+		newStatusCmd(g),
+	}
+}
+
+type statusOpts struct {
+	json, verbose, statistics bool
+}
+
+func newStatusCmd(g *globalOpts) *cobra.Command {
+	o := &statusOpts{}
+	cmd := &cobra.Command{
+		Use:   "status [RESOURCE|all]",
+		Short: "Show resource status (drbdadm status layout; --json has drbdsetup's keys)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			res := "all"
+			if len(args) == 1 {
+				res = args[0]
+			}
+			resp, err := call(cmd, g, daemon.Request{Verb: "status", Resource: res})
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if o.json {
+				b, err := json.MarshalIndent(resp.Statuses, "", "  ")
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(out, string(b))
+				return nil
+			}
+			if len(resp.Statuses) == 0 {
+				fmt.Fprintln(out, "# No resources are up on this node.")
+			}
+			for _, st := range resp.Statuses {
+				st.WriteText(out, o.verbose || o.statistics)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&o.json, "json", false, "JSON with drbdsetup status --json's keys")
+	cmd.Flags().BoolVarP(&o.verbose, "verbose", "v", false, "add node-ids and states")
+	cmd.Flags().BoolVarP(&o.statistics, "statistics", "s", false, "add I/O statistics (KiB)")
+	return cmd
+}

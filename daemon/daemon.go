@@ -1,0 +1,299 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twinbd/twinbd/config"
+	"github.com/twinbd/twinbd/replication"
+)
+
+// Options configure the node daemon.
+type Options struct {
+	ConfigPath string
+	Node       string
+	RunDir     string
+	Logger     *slog.Logger
+	// Up lists resources (or "all") to bring up at start, before READY.
+	Up []string
+}
+
+// Daemon is one node's daemon.
+type Daemon struct {
+	opts Options
+	log  *slog.Logger
+
+	mu        sync.Mutex // guards resources
+	resources map[string]*replication.Resource
+}
+
+// New returns a daemon; Run starts it.
+func New(opts Options) *Daemon {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Daemon{opts: opts, log: log.With("node", opts.Node), resources: map[string]*replication.Resource{}}
+}
+
+// Run serves the control socket until ctx is done, then brings every
+// resource down (demoting, draining, flushing) and removes the socket.
+func (d *Daemon) Run(ctx context.Context) error {
+	if _, err := config.Load(d.opts.ConfigPath); err != nil {
+		return err
+	}
+	ln, sock, err := d.listen(ctx)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(sock)
+	for _, name := range d.opts.Up {
+		if resp := d.handle(ctx, Request{Verb: "up", Resource: name}); resp.Code != CodeOK {
+			ln.Close()
+			d.downAll()
+			return errors.New(resp.Error)
+		}
+	}
+	notifySystemd("READY=1")
+	d.log.Info("daemon ready", "socket", sock, "config", d.opts.ConfigPath)
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		<-ctx.Done()
+		ln.Close()
+	})
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			d.log.Error("control accept", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		wg.Go(func() { d.serveConn(ctx, conn) })
+	}
+	notifySystemd("STOPPING=1")
+	d.log.Info("shutting down")
+	d.downAll()
+	wg.Wait()
+	return nil
+}
+
+// listen creates the root-only control socket, refusing to start a second
+// daemon for the same node.
+func (d *Daemon) listen(ctx context.Context) (net.Listener, string, error) {
+	if err := os.MkdirAll(d.opts.RunDir, 0o700); err != nil {
+		return nil, "", fmt.Errorf("daemon: run dir: %w", err)
+	}
+	sock := SocketPath(d.opts.RunDir, d.opts.Node)
+	if _, err := os.Stat(sock); err == nil {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, cerr := Call(cctx, sock, Request{Verb: "ping"})
+		cancel()
+		if cerr == nil {
+			return nil, "", fmt.Errorf("daemon: a daemon for node %s is already running (socket %s)", d.opts.Node, sock)
+		}
+		os.Remove(sock) // stale socket of a dead daemon
+	}
+	old := syscallUmask(0o177)
+	ln, err := net.Listen("unix", sock)
+	syscallUmask(old)
+	if err != nil {
+		return nil, "", fmt.Errorf("daemon: control socket: %w", err)
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		ln.Close()
+		return nil, "", fmt.Errorf("daemon: control socket: %w", err)
+	}
+	return ln, sock, nil
+}
+
+func (d *Daemon) downAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for name, r := range d.resources {
+		if err := r.Down(true); err != nil {
+			d.log.Error("down", "resource", name, "err", err)
+		}
+		delete(d.resources, name)
+	}
+}
+
+// handle executes one verb.
+func (d *Daemon) handle(ctx context.Context, req Request) Response {
+	switch req.Verb {
+	case "ping":
+		return Response{}
+	case "up":
+		return d.up(req.Resource)
+	case "down":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) {
+			if err := r.Down(req.Force); err != nil {
+				return "", err
+			}
+			d.mu.Lock()
+			delete(d.resources, r.Name())
+			d.mu.Unlock()
+			return "", nil
+		})
+	case "primary":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.Primary(req.Force) })
+	case "secondary":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.Secondary(req.Force) })
+	case "role":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return r.Role().String() + "\n", nil })
+	case "dstate":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) {
+			st := r.Status()
+			out := st.Devices[0].DiskState
+			for _, c := range st.Connections {
+				out += "/" + c.PeerDevices[0].PeerDiskState
+			}
+			return out + "\n", nil
+		})
+	case "cstate":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) {
+			var out []string
+			for _, c := range r.Status().Connections {
+				out = append(out, c.ConnectionState)
+			}
+			if len(out) == 0 {
+				out = []string{replication.ConnStandAlone.String()}
+			}
+			return strings.Join(out, "\n") + "\n", nil
+		})
+	case "status":
+		var resp Response
+		if req.Resource == "" || req.Resource == "all" {
+			for _, r := range d.sorted() {
+				resp.Statuses = append(resp.Statuses, r.Status())
+			}
+			return resp
+		}
+		var statuses []replication.Status
+		resp = d.forEach(req.Resource, func(r *replication.Resource) (string, error) {
+			statuses = append(statuses, r.Status())
+			return "", nil
+		})
+		resp.Statuses = statuses
+		return resp
+	}
+	return Response{Code: CodeFailed, Error: fmt.Sprintf("unknown verb %q", req.Verb)}
+}
+
+func (d *Daemon) sorted() []*replication.Resource {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	names := make([]string, 0, len(d.resources))
+	for n := range d.resources {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	out := make([]*replication.Resource, len(names))
+	for i, n := range names {
+		out[i] = d.resources[n]
+	}
+	return out
+}
+
+// forEach runs fn on the named resource (or every resource that is up, for
+// "all") and collects output; the first failure decides the exit code.
+func (d *Daemon) forEach(name string, fn func(*replication.Resource) (string, error)) Response {
+	var targets []*replication.Resource
+	if name == "all" {
+		targets = d.sorted()
+	} else {
+		d.mu.Lock()
+		r, ok := d.resources[name]
+		d.mu.Unlock()
+		if !ok {
+			return Response{Code: CodeNoResource, Error: fmt.Sprintf("%s: No such resource (not up on node %s; run `twinbd up %s`)", name, d.opts.Node, name)}
+		}
+		targets = []*replication.Resource{r}
+	}
+	var resp Response
+	for _, r := range targets {
+		out, err := fn(r)
+		resp.Output += out
+		if err != nil && resp.Code == CodeOK {
+			resp.Code, resp.Error = codeFor(err), fmt.Sprintf("%s: %v", r.Name(), err)
+		}
+	}
+	return resp
+}
+
+func codeFor(err error) int {
+	switch {
+	case errors.Is(err, replication.ErrNoUpToDate):
+		return CodeNoUpToDate
+	case errors.Is(err, replication.ErrInUse):
+		return CodeStateFail
+	case errors.Is(err, replication.ErrDown), errors.Is(err, config.ErrNoResource), errors.Is(err, config.ErrNoHost):
+		return CodeNoResource
+	}
+	return CodeFailed
+}
+
+// up re-reads the resource file and brings up name (or every resource with
+// an `on NODE` block, for "all"). Already-up resources are left alone.
+func (d *Daemon) up(name string) Response {
+	cfg, err := config.Load(d.opts.ConfigPath)
+	if err != nil {
+		return Response{Code: CodeFailed, Error: err.Error()}
+	}
+	var targets []*config.Resource
+	if name == "all" {
+		for _, r := range cfg.Resources {
+			if _, err := r.Host(d.opts.Node); err == nil {
+				targets = append(targets, r)
+			}
+		}
+	} else {
+		r, err := cfg.Resource(name)
+		if err != nil {
+			return Response{Code: CodeNoResource, Error: err.Error()}
+		}
+		targets = []*config.Resource{r}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, rc := range targets {
+		if _, ok := d.resources[rc.Name]; ok {
+			continue
+		}
+		r, err := replication.Up(replication.Options{Res: rc, Node: d.opts.Node, Logger: d.log, ConfigPath: d.opts.ConfigPath})
+		if err != nil {
+			return Response{Code: codeFor(err), Error: fmt.Sprintf("%s: %v", rc.Name, err)}
+		}
+		d.resources[rc.Name] = r
+	}
+	return Response{}
+}
+
+// notifySystemd sends state to systemd's notify socket when run as a
+// Type=notify service (sd_notify without libsystemd).
+func notifySystemd(state string) {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return
+	}
+	if strings.HasPrefix(addr, "@") {
+		addr = "\x00" + addr[1:]
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	conn.Write([]byte(state))
+}
