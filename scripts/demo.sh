@@ -10,15 +10,16 @@ BIN=${BIN:-$PWD/bin/twinbd}
 DIR=${DEMO_DIR:-$(mktemp -d /tmp/twinbd-demo.XXXXXX)}
 SIZE=${DEMO_SIZE:-256M}
 NBD_PORT=${DEMO_PORT:-10809}
+REPL_PORT=${DEMO_REPL_PORT:-7788}
 mkdir -p "$DIR"
 
 cat >"$DIR/twinbd.conf" <<CONF
 # twinbd demo: two nodes on one host (node names alpha and beta).
 resource r0 {
     net { protocol C; shared-secret "demo-secret"; }
-    on alpha { node-id 0; address 127.0.0.1:7788; export 127.0.0.1:${NBD_PORT};
+    on alpha { node-id 0; address 127.0.0.1:${REPL_PORT}; export 127.0.0.1:${NBD_PORT};
                disk $DIR/alpha.img; meta-disk internal; }
-    on beta  { node-id 1; address 127.0.0.1:7789; export 127.0.0.1:$((NBD_PORT + 1));
+    on beta  { node-id 1; address 127.0.0.1:$((REPL_PORT + 1)); export 127.0.0.1:$((NBD_PORT + 1));
                disk $DIR/beta.img; meta-disk internal; }
 }
 CONF

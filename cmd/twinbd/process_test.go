@@ -335,3 +335,18 @@ func TestExternalMetadataAndCrashedPrimary(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(log), "crashed primary")
 }
+
+// The README's first command: make demo (non-interactive here).
+func TestDemoScript(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command("bash", "../../scripts/demo.sh")
+	cmd.Env = append(os.Environ(), "BIN="+twinbdBin, "DEMO_EXIT=1", "DEMO_DIR="+dir, "DEMO_SIZE=64M",
+		fmt.Sprintf("DEMO_PORT=%d", freePort(t)), fmt.Sprintf("DEMO_REPL_PORT=%d", freePort(t)))
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	s := string(out)
+	require.Contains(t, s, "r0 role:Primary")
+	require.Contains(t, s, "r0 role:Secondary")
+	require.Regexp(t, `verify: +OK: [1-9][0-9]* block reads checked .* 0 errors`, s)
+	require.Contains(t, s, "bringing both nodes down")
+}
