@@ -168,7 +168,7 @@ row() {
 }
 RAW=()
 
-log "temp dir $TMP ($(stat -f -c %T "$TMP")), ${RUNTIME}s x $RUNS runs per server and row"
+log "temp dir $TMP ($(findmnt -n -o FSTYPE --target "$TMP" 2>/dev/null || stat -f -c %T "$TMP")), ${RUNTIME}s x $RUNS runs per server and row"
 start_twinbd
 start_nbdkit
 size_tw=$(export_size "$TWINBD_PORT"); size_nk=$(export_size "$NBDKIT_PORT")
@@ -193,7 +193,7 @@ row "twinbd bench 4k randwrite --fua iodepth 32 (IOPS)" bench_iops bench --rw ra
 {
   echo "# twinbd vs nbdkit (file plugin)"
   echo
-  echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, kernel $(uname -r), backing files $FILE_SIZE sparse + pre-filled on $(stat -f -c %T "$TMP"),"
+  echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, kernel $(uname -r), backing files $FILE_SIZE sparse + pre-filled on $(findmnt -n -o FSTYPE --target "$TMP" 2>/dev/null || stat -f -c %T "$TMP"),"
   echo "working set $WSET bytes, ${RUNTIME}s per run, medians of $RUNS interleaved runs per server."
   echo "twinbd: $("$TWINBD_BIN" --version 2>/dev/null || git describe --always --dirty 2>/dev/null || echo unknown), one node, no peer; nbdkit $(nbdkit --version | awk '{print $2}'); $(fio --version)."
   if [ -n "${BENCH_TWINBD_CMD:-}" ]; then
