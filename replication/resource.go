@@ -228,6 +228,12 @@ func (r *Resource) Primary(force bool) error {
 	if !upToDate && !force {
 		return fmt.Errorf("%w: local disk is %s; promote it anyway with `twinbd primary --force %s` only if the peer's data is gone or this node is the initial sync source", ErrNoUpToDate, r.disk, r.res.Name)
 	}
+	// Bind the export first: a port in use fails the promotion before any
+	// metadata changes. Nothing is served until the metadata is durable.
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("replication: %s: cannot serve NBD on %s: %w", r.res.Name, addr, err)
+	}
 	if !upToDate {
 		r.log.Warn("forced promotion: local data declared UpToDate", "was", r.disk)
 	}
@@ -242,16 +248,10 @@ func (r *Resource) Primary(force bool) error {
 		g := NewCurrentUUID(Generation{Current: s.Current, Bitmap: s.Bitmap, History: s.History}, randomUUID())
 		s.Current, s.Bitmap, s.History = g.Current, g.Bitmap, g.History
 	}); err != nil {
+		ln.Close()
 		return fmt.Errorf("replication: %s: write metadata: %w", r.res.Name, err)
 	}
 	r.disk = DiskUpToDate
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		if uerr := r.meta.Update(func(s *bitmap.Superblock) { s.Flags &^= bitmap.FlagPrimaryInd }); uerr != nil {
-			r.log.Error("clear primary indicator", "err", uerr)
-		}
-		return fmt.Errorf("replication: %s: cannot serve NBD on %s: %w", r.res.Name, addr, err)
-	}
 	r.server = nbd.NewServer(nbd.ServerConfig{
 		Exports: nbd.StaticResolver{r.res.Name: r},
 		Logger:  r.log,
@@ -280,8 +280,9 @@ func (r *Resource) ExportAddr() string {
 }
 
 // Secondary demotes this node. It refuses while NBD clients are connected
-// unless force, which disconnects them. In-flight requests are answered and
-// the disk flushed before the role changes.
+// unless force, which disconnects them. Either way no further request is
+// read, every request already read is answered, and the disk is flushed
+// before the role changes.
 func (r *Resource) Secondary(force bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -295,13 +296,12 @@ func (r *Resource) secondaryLocked(force bool) error {
 	if n := r.server.Connections(); n > 0 && !force {
 		return fmt.Errorf("%w: %d NBD client(s) connected to %s; disconnect them (nbd-client -d /dev/nbdX, unmount first) or use `twinbd secondary --force %s`", ErrInUse, n, r.ln.Addr(), r.res.Name)
 	}
+	// Shutdown stops reading, answers what was read, then closes every
+	// connection; only a drain stuck past the timeout drops answers.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if force {
-		r.server.CloseConnections()
-	}
 	if err := r.server.Shutdown(ctx); err != nil {
-		r.log.Warn("nbd shutdown", "err", err)
+		r.log.Warn("nbd shutdown: drain timed out, connections dropped", "err", err)
 	}
 	r.serveWG.Wait()
 	r.writable.Store(false)

@@ -157,3 +157,26 @@ func TestStateNames(t *testing.T) {
 	require.Equal(t, "Primary", RolePrimary.String())
 	require.Equal(t, "Unknown", RoleUnknown.String())
 }
+
+func TestPromotionFailsCleanlyWhenExportPortTaken(t *testing.T) {
+	res, _ := testResource(t, true)
+	_, err := CreateMetadata(res, "a", false)
+	require.NoError(t, err)
+	r, err := Up(Options{Res: res, Node: "a"})
+	require.NoError(t, err)
+	defer r.Down(true)
+	host, err := res.Host("a")
+	require.NoError(t, err)
+	busy, err := net.Listen("tcp", res.ExportFor(host))
+	require.NoError(t, err)
+	before := r.meta.Superblock()
+
+	require.Error(t, r.Primary(true))
+	require.Equal(t, RoleSecondary, r.Role())
+	require.Equal(t, DiskInconsistent, r.DiskState())
+	require.Equal(t, before, r.meta.Superblock(), "a promotion that never served must not touch the metadata")
+
+	busy.Close()
+	require.NoError(t, r.Primary(true))
+	require.Equal(t, RolePrimary, r.Role())
+}
