@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -22,6 +24,10 @@ const (
 	readBufferSize = 128 << 10
 	// replyBatch caps how many replies one writev carries.
 	replyBatch = 64
+	// inlineAfter is how many requests in a row must find the connection
+	// idle (the client waits for each reply) before the reader serves
+	// requests itself; see serveInline.
+	inlineAfter = 16
 )
 
 var errBadMagic = errors.New("nbd: bad request magic")
@@ -47,6 +53,12 @@ type conn struct {
 	replies  chan *request
 	inflight sync.WaitGroup // dispatched handlers
 	running  atomic.Int32   // handlers that have not queued their reply yet
+	pending  atomic.Int32   // replies queued for the writer and not yet written
+
+	// Reader-only state for serving queue-depth-1 clients inline.
+	idleStreak int             // requests in a row that found the connection idle
+	raw        syscall.RawConn // for SIOCINQ; nil if the conn has none
+	inlineIov  [2][]byte
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -91,6 +103,9 @@ func (c *conn) transmit(exp Export) error {
 	c.size = uint64(exp.Size())
 	c.readOnly = exp.ReadOnly()
 	c.sem = make(chan struct{}, c.srv.cfg.MaxInflight)
+	if sc, ok := c.nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
 	// Never blocks: a reply exists only for a request holding a slot.
 	c.replies = make(chan *request, c.srv.cfg.MaxInflight)
 
@@ -154,10 +169,21 @@ func (c *conn) readLoop() error {
 		if r.errno != 0 || (r.length == 0 && typ != CmdFlush) {
 			// Answered without touching the export: errors, and
 			// zero-length READ/WRITE/TRIM/WRITE_ZEROES (a no-op).
-			c.replies <- r
+			c.queue(r)
 			continue
 		}
-		c.running.Add(1)
+		// The client waited for every earlier reply if nothing is running
+		// and nothing more is buffered. After inlineAfter such requests in
+		// a row serve inline, provided the writer has finished too.
+		if c.running.Add(1) == 1 && c.br.Buffered() == 0 {
+			c.idleStreak++
+		} else {
+			c.idleStreak = 0
+		}
+		if c.idleStreak > inlineAfter && c.pending.Load() == 0 {
+			c.serveInline(r)
+			continue
+		}
 		c.inflight.Go(func() { c.handle(r) })
 	}
 }
@@ -222,13 +248,71 @@ func (c *conn) drop(r *request) {
 
 // handle serves one request against the export and queues its reply.
 func (c *conn) handle(r *request) {
+	// Queue before leaving "running": the reader's idle test relies on a
+	// handler never being counted in neither.
+	defer func() {
+		c.queue(r)
+		c.running.Add(-1)
+	}()
+	c.exec(r)
+}
+
+// queue hands r's reply to the writer goroutine.
+func (c *conn) queue(r *request) {
+	c.pending.Add(1)
+	c.replies <- r // never blocks: a reply exists only for a request holding a slot
+}
+
+// serveInline serves r on the reader goroutine and writes its reply itself,
+// for clients that wait for each reply (queue depth 1): read, execute and
+// answer then cost no goroutine wake-up, as on a threaded C server. It is
+// called only when no handler is running and no reply is pending, so the
+// writer goroutine is idle and nothing else can queue a reply: the reader
+// is briefly the only writer. If the client sent anything while r was being
+// served it is pipelining, and the connection goes back to concurrent
+// dispatch, so a slow request delays at most one other.
+func (c *conn) serveInline(r *request) {
+	c.srv.inlined.Add(1)
+	c.exec(r)
+	if c.br.Buffered() > 0 || c.socketHasData() {
+		c.idleStreak = 0
+	}
+	c.running.Add(-1)
+	r.encodeReply()
+	iov := append(c.inlineIov[:0], r.hdr[:])
+	if r.typ == CmdRead && r.errno == 0 && len(r.data) > 0 {
+		iov = append(iov, r.data)
+	}
+	bufs := net.Buffers(iov)
+	if _, err := bufs.WriteTo(c.nc); err != nil {
+		c.srv.log.Debug("nbd: write reply", "err", err)
+		c.nc.Close() // the next read fails and ends the connection
+	}
+	clear(c.inlineIov[:])
+	r.release()
+	<-c.sem
+}
+
+// socketHasData reports whether client bytes wait in the socket's receive
+// queue (SIOCINQ), without reading them.
+func (c *conn) socketHasData() bool {
+	if c.raw == nil {
+		return false
+	}
+	n := 0
+	c.raw.Control(func(fd uintptr) {
+		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	})
+	return n > 0
+}
+
+// exec runs r against the export and records its errno.
+func (c *conn) exec(r *request) {
 	defer func() {
 		if p := recover(); p != nil {
 			c.srv.log.Error("nbd: export panicked", "cmd", r.typ, "offset", r.off, "length", r.length, "panic", p)
 			r.errno = EIO
 		}
-		c.running.Add(-1)
-		c.replies <- r
 	}()
 	var err error
 	off, n := int64(r.off), int64(r.length)
@@ -307,6 +391,9 @@ func (c *conn) writeLoop() {
 			r.release()
 			<-c.sem
 		}
+		// Only now, with the batch on the socket, may the reader see
+		// pending == 0 and write a reply itself.
+		c.pending.Add(-int32(len(batch)))
 		clear(batch)
 	}
 }

@@ -51,8 +51,9 @@ type Server struct {
 	conns     map[*conn]struct{}
 	shutdown  bool
 
-	connWG sync.WaitGroup // one per served connection
-	active atomic.Int64   // connections in the transmission phase
+	connWG  sync.WaitGroup // one per served connection
+	active  atomic.Int64   // connections in the transmission phase
+	inlined atomic.Int64   // requests served inline (queue-depth-1 clients)
 }
 
 // NewServer returns a Server for cfg.

@@ -415,3 +415,84 @@ func TestDeviceExport(t *testing.T) {
 	require.ErrorIs(t, ro.Trim(0, 1, false), ErrReadOnly)
 	require.ErrorIs(t, ro.WriteZeroes(0, 1, false, false), ErrReadOnly)
 }
+
+// slowReadExport holds reads at one offset until the current gate closes.
+type slowReadExport struct {
+	Export
+	slowOff int64
+	gate    atomic.Pointer[chan struct{}]
+	entered chan struct{} // one token per held read that reached the export
+}
+
+func (e *slowReadExport) ReadAt(p []byte, off int64) error {
+	if off == e.slowOff {
+		e.entered <- struct{}{}
+		<-*e.gate.Load()
+	}
+	return e.Export.ReadAt(p, off)
+}
+
+func (e *slowReadExport) newGate() chan struct{} {
+	g := make(chan struct{})
+	e.gate.Store(&g)
+	return g
+}
+
+// A client that waits for every reply is served inline (no goroutine per
+// request); once it pipelines, a slow request delays at most what arrived
+// while it ran, and the connection is back to concurrent dispatch.
+func TestInlineServingForDepthOneClients(t *testing.T) {
+	e := &slowReadExport{Export: memExport(t), slowOff: rawExportSize - 4096, entered: make(chan struct{}, 2)}
+	open := e.newGate()
+	close(open)
+	srv, addr := srvStart(t, ServerConfig{Exports: StaticResolver{"": e}})
+	rc := rawGo(t, addr)
+	readReply := func(wantCookie uint64) {
+		t.Helper()
+		errno, cookie := rc.reply()
+		require.Zero(t, errno)
+		require.Equal(t, wantCookie, cookie)
+		rc.readFull(make([]byte, 4096))
+	}
+
+	// Queue depth 1: after inlineAfter idle requests the reader serves them.
+	for i := range 2 * inlineAfter {
+		rc.send(CmdRead, 0, uint64(i), uint64(i)*4096, 4096, nil)
+		readReply(uint64(i))
+	}
+	// Requests inlineAfter… of 2*inlineAfter at most; one may still find the
+	// writer finishing its bookkeeping for the one before and go concurrent.
+	require.LessOrEqual(t, srv.inlined.Load(), int64(inlineAfter))
+	require.GreaterOrEqual(t, srv.inlined.Load(), int64(inlineAfter/2))
+
+	// The client starts pipelining behind a slow request: served inline, it
+	// holds up the one request sent while it runs (one request's delay).
+	// That request waits in the socket, not yet read: only SIOCINQ sees it.
+	gate := e.newGate()
+	rc.send(CmdRead, 0, 100, uint64(e.slowOff), 4096, nil)
+	<-e.entered
+	rc.send(CmdRead, 0, 101, 0, 4096, nil)
+	close(gate)
+	readReply(100)
+	readReply(101)
+	inlined := srv.inlined.Load()
+
+	// ... and that was noticed: the same burst now runs concurrently, the
+	// four fast requests answered while the slow one is still held.
+	gate = e.newGate()
+	rc.send(CmdRead, 0, 200, uint64(e.slowOff), 4096, nil)
+	<-e.entered
+	for i := range 4 {
+		rc.send(CmdRead, 0, uint64(201+i), uint64(i)*4096, 4096, nil)
+	}
+	for range 4 {
+		errno, cookie := rc.reply()
+		require.Zero(t, errno)
+		require.NotEqual(t, uint64(200), cookie, "the held request was answered before release")
+		rc.readFull(make([]byte, 4096))
+	}
+	close(gate)
+	readReply(200)
+	require.Equal(t, inlined, srv.inlined.Load(), "no inline serving right after pipelining was seen")
+	rc.checkAlive()
+}
