@@ -24,8 +24,10 @@
 //
 // The bitmap has one bit per Granularity bytes of data (default 4 KiB, so
 // 32 KiB of bitmap per GiB), stored as 64-bit little-endian words, bit i in
-// word i/64 at position i%64, zero-padded to 4 KiB. The activity log is
-// reserved (32 transaction slots of 4 KiB) and zeroed at create.
+// word i/64 at position i%64, zero-padded to 4 KiB. The activity log is a
+// ring of 32 transaction slots of 4 KiB, zeroed at create; each transaction
+// holds the whole active extent set (at most MaxALExtents = 1014), its
+// format and crash-safety argument are in al.go.
 //
 // A superblock slot (4096 bytes, integers big-endian):
 //

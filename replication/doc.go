@@ -3,11 +3,13 @@
 //
 // This first cut has no peer link yet: a resource runs StandAlone, its
 // generation UUIDs and flags live in the metadata superblock, and writes go to
-// the local disk only. Two pure pieces of the replication work are here but
-// not wired to a link: DecideSync/ResolveSplitBrain (syncdecision.go, DRBD's
-// generation-UUID table and after-sb policies) and the peer-link frame codec
-// (wire.go, its format diagram at the top of the file). The link itself, the
-// dirty bitmap on the write path and resync come next.
+// the local disk only. Pieces of the replication work are here but not yet
+// wired to a link: DecideSync/ResolveSplitBrain (syncdecision.go, DRBD's
+// generation-UUID table and after-sb policies), the peer-link frame codec
+// (wire.go, its format diagram at the top of the file) and the Transport
+// (transport.go: TCP, and an in-memory network with partitions, delay and
+// loss for simulation tests). The link itself, the dirty bitmap and the
+// activity log (bitmap/al.go) on the write path, and resync come next.
 //
 // Invariants kept here:
 //   - A Secondary serves no writes: the export listens only while Primary, and
