@@ -350,3 +350,19 @@ func TestDemoScript(t *testing.T) {
 	require.Regexp(t, `verify: +OK: [1-9][0-9]* block reads checked .* 0 errors`, s)
 	require.Contains(t, s, "bringing both nodes down")
 }
+
+// daemon --up brings resources up before the daemon reports ready, and a
+// resource that does not exist stops the daemon with the config's message.
+func TestDaemonUpAtStart(t *testing.T) {
+	c := newCluster(t, 32<<20, "solo")
+	c.ok("solo", "create-md", "r0")
+	bad := exec.Command(twinbdBin, "--config", c.conf, "--node", "solo", "--run-dir", filepath.Join(c.dir, "run"), "daemon", "--up", "nosuch")
+	out, err := bad.CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), `no such resource: "nosuch"`)
+
+	d := exec.Command(twinbdBin, "--config", c.conf, "--node", "solo", "--run-dir", filepath.Join(c.dir, "run"), "daemon", "--up", "all")
+	require.NoError(t, d.Start())
+	t.Cleanup(func() { d.Process.Signal(syscall.SIGTERM); d.Wait() })
+	require.Eventually(t, func() bool { return c.run("solo", "role", "r0").out == "Secondary\n" }, 10*time.Second, 20*time.Millisecond)
+}
