@@ -271,7 +271,7 @@ func (d *Daemon) up(name string) Response {
 		if _, ok := d.resources[rc.Name]; ok {
 			continue
 		}
-		r, err := replication.Up(replication.Options{Res: rc, Node: d.opts.Node, Logger: d.log, ConfigPath: d.opts.ConfigPath})
+		r, err := replication.Up(replication.Options{Res: rc, Node: d.opts.Node, Logger: d.log})
 		if err != nil {
 			return Response{Code: codeFor(err), Error: fmt.Sprintf("%s: %v", rc.Name, err)}
 		}

@@ -94,8 +94,6 @@ func (c *conn) serve() {
 	log.Debug("nbd: connection closed", "err", err)
 }
 
-func (s *Server) serve(c *conn) { c.serve() }
-
 // transmit runs the transmission phase: read until DISC, error or shutdown,
 // then drain — every request read is served and answered — and return.
 func (c *conn) transmit(exp Export) error {

@@ -134,7 +134,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		go func() {
 			defer s.connWG.Done()
-			s.serve(c)
+			c.serve()
 		}()
 	}
 }
@@ -148,7 +148,7 @@ func (s *Server) ServeConn(nc net.Conn) error {
 		return ErrServerClosed
 	}
 	defer s.connWG.Done()
-	s.serve(c)
+	c.serve()
 	return nil
 }
 
@@ -170,12 +170,6 @@ func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
-}
-
-func (s *Server) isShutdown() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.shutdown
 }
 
 func (s *Server) allowed(a net.Addr) bool {

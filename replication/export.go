@@ -6,7 +6,9 @@ import (
 )
 
 // Resource implements nbd.Export. The NBD server has checked ranges and
-// flags; every write re-checks that this node is still Primary.
+// flags; every write re-checks that this node is still Primary, then the
+// local disk is served by an nbd.DeviceExport over the data area (FUA as a
+// durable write, trim, zeroes, and a flush after them when FUA is set).
 
 var _ nbd.Export = (*Resource)(nil)
 
@@ -21,9 +23,11 @@ func (r *Resource) ReadAt(p []byte, off int64) error {
 		return err
 	}
 	r.pending.Add(1)
-	_, err := r.data.ReadAt(p, off)
+	err := r.local.ReadAt(p, off)
 	r.pending.Add(-1)
-	r.readBytes.Add(int64(len(p)))
+	if err == nil {
+		r.readBytes.Add(int64(len(p)))
+	}
 	return err
 }
 
@@ -32,14 +36,11 @@ func (r *Resource) WriteAt(p []byte, off int64, fua bool) error {
 		return err
 	}
 	r.pending.Add(1)
-	var err error
-	if fua {
-		_, err = device.WriteFUA(r.data, p, off)
-	} else {
-		_, err = r.data.WriteAt(p, off)
-	}
+	err := r.local.WriteAt(p, off, fua)
 	r.pending.Add(-1)
-	r.writtenBytes.Add(int64(len(p)))
+	if err == nil {
+		r.writtenBytes.Add(int64(len(p)))
+	}
 	return err
 }
 
@@ -50,34 +51,25 @@ func (r *Resource) Flush() error {
 	if !r.writable.Load() {
 		return nbd.ErrReadOnly
 	}
-	return r.data.Flush()
+	return r.local.Flush()
 }
 
 func (r *Resource) Trim(off, length int64, fua bool) error {
 	if err := r.checkWrite(off, length); err != nil {
 		return err
 	}
-	if err := device.Trim(r.data, off, length); err != nil {
-		return err
-	}
-	if fua {
-		return r.data.Flush()
-	}
-	return nil
+	return r.local.Trim(off, length, fua)
 }
 
 func (r *Resource) WriteZeroes(off, length int64, fua, noHole bool) error {
 	if err := r.checkWrite(off, length); err != nil {
 		return err
 	}
-	if err := device.WriteZeroes(r.data, off, length, !noHole); err != nil {
-		return err
+	err := r.local.WriteZeroes(off, length, fua, noHole)
+	if err == nil {
+		r.writtenBytes.Add(length)
 	}
-	r.writtenBytes.Add(length)
-	if fua {
-		return r.data.Flush()
-	}
-	return nil
+	return err
 }
 
 func (r *Resource) checkWrite(off, length int64) error {

@@ -32,8 +32,6 @@ type Options struct {
 	Res    *config.Resource
 	Node   string // this node's `on` name
 	Logger *slog.Logger
-	// ConfigPath is passed to handlers as DRBD_CONF.
-	ConfigPath string
 }
 
 // Resource is one resource brought up on this node.
@@ -42,7 +40,8 @@ type Resource struct {
 	host   *config.Host
 	peers  []*config.Host
 	log    *slog.Logger
-	data   device.Device // the replicated data area
+	data   device.Device     // the replicated data area
+	local  *nbd.DeviceExport // NBD operations on data
 	closer []device.Device
 	meta   *bitmap.Meta
 	size   int64
@@ -100,7 +99,8 @@ func Up(opts Options) (*Resource, error) {
 	}
 	r := &Resource{
 		res: opts.Res, host: host, peers: opts.Res.Peers(opts.Node), log: log,
-		data: data, closer: closers, meta: meta, size: size, role: RoleSecondary,
+		data: data, local: nbd.NewDeviceExport(data, false), closer: closers,
+		meta: meta, size: size, role: RoleSecondary,
 	}
 	sb := meta.Superblock()
 	r.disk = diskStateFromFlags(sb.Flags)

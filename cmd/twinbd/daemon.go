@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -56,11 +57,7 @@ func call(cmd *cobra.Command, g *globalOpts, req daemon.Request) (daemon.Respons
 	}
 	cmd.OutOrStdout().Write([]byte(resp.Output))
 	if resp.Code != daemon.CodeOK {
-		return resp, &exitError{code: resp.Code, err: errString(resp.Error)}
+		return resp, &exitError{code: resp.Code, err: errors.New(resp.Error)}
 	}
 	return resp, nil
 }
-
-type errString string
-
-func (e errString) Error() string { return string(e) }
