@@ -163,7 +163,7 @@ const (
 	trimSize       = 8 + 8 + 8 + 1
 	bitmapFixed    = 8 + 4 + 1
 	rangeSize      = 8 + 8
-	resyncFixed    = 8
+	resyncFixed    = 8 + 8 + 8 + 4
 	csumReqSize    = 8 + 8 + 8
 	csumReplySize  = 8 + 8 + 1
 	disconnectFix  = 2
@@ -892,34 +892,95 @@ func (m *ResyncRequestMsg) UnmarshalBinary(p []byte) error {
 	return nil
 }
 
-// ResyncDataMsg carries resync data for a range starting at Offset.
+// ResyncDataMsg flags.
+const (
+	// ResyncZero: the range is all zeros; no payload.
+	ResyncZero uint32 = 1 << iota
+	// ResyncZstd: Payload is the zstd encoding of Length bytes.
+	ResyncZstd
+	resyncKnownFlags = ResyncZero | ResyncZstd
+)
+
+// ResyncDataMsg carries resync data for [Offset, Offset+Length). Plain: the
+// payload is Length bytes. ResyncZero: no payload. ResyncZstd: the payload
+// decompresses to Length bytes (DecodeResyncPayload checks that). The
+// target acknowledges Seq with a WriteAck once the data is on its disk.
 type ResyncDataMsg struct {
+	Seq     uint64
 	Offset  int64
+	Length  int64
+	Flags   uint32
 	Payload []byte
 }
 
 func (*ResyncDataMsg) Type() MsgType { return MsgResyncData }
 
+func (m *ResyncDataMsg) check() error {
+	switch {
+	case m.Length < 0 || m.Length > MaxDataSize || !validRange(m.Offset, m.Length):
+		return malformed(MsgResyncData, "range [%d, +%d)", m.Offset, m.Length)
+	case m.Flags&^resyncKnownFlags != 0 || m.Flags == ResyncZero|ResyncZstd:
+		return malformed(MsgResyncData, "flags %#x", m.Flags)
+	case m.Flags&ResyncZero != 0 && len(m.Payload) != 0:
+		return malformed(MsgResyncData, "zero range with %d payload bytes", len(m.Payload))
+	case m.Flags == 0 && int64(len(m.Payload)) != m.Length:
+		return malformed(MsgResyncData, "%d payload bytes for length %d", len(m.Payload), m.Length)
+	case len(m.Payload) > MaxDataSize:
+		return malformed(MsgResyncData, "%d payload bytes", len(m.Payload))
+	}
+	return nil
+}
+
 func (m *ResyncDataMsg) AppendBinary(b []byte) ([]byte, error) {
-	if err := checkData(MsgResyncData, m.Offset, 0, m.Payload); err != nil {
+	if err := m.check(); err != nil {
 		return b, err
 	}
+	b = binary.BigEndian.AppendUint64(b, m.Seq)
 	b = binary.BigEndian.AppendUint64(b, uint64(m.Offset))
+	b = binary.BigEndian.AppendUint64(b, uint64(m.Length))
+	b = binary.BigEndian.AppendUint32(b, m.Flags)
 	return append(b, m.Payload...), nil
 }
 
 func (m *ResyncDataMsg) UnmarshalBinary(p []byte) error {
 	d := dec{b: p, ok: true}
-	off := int64(d.u64())
-	rest := d.rest()
+	var v ResyncDataMsg
+	v.Seq = d.u64()
+	v.Offset = int64(d.u64())
+	v.Length = int64(d.u64())
+	v.Flags = d.u32()
+	v.Payload = d.rest()
 	if !d.ok {
 		return malformed(MsgResyncData, "%d bytes", len(p))
 	}
-	if err := checkData(MsgResyncData, off, 0, rest); err != nil {
+	if err := v.check(); err != nil {
 		return err
 	}
-	m.Offset, m.Payload = off, rest
+	*m = v
 	return nil
+}
+
+// DecodeResyncPayload returns the Length bytes m stands for, using buf when
+// it is large enough. A zstd payload that does not decode to exactly Length
+// bytes is ErrMalformed.
+func DecodeResyncPayload(m *ResyncDataMsg, buf []byte) ([]byte, error) {
+	if int64(cap(buf)) < m.Length {
+		buf = make([]byte, m.Length)
+	}
+	buf = buf[:m.Length]
+	switch {
+	case m.Flags&ResyncZero != 0:
+		clear(buf)
+		return buf, nil
+	case m.Flags&ResyncZstd != 0:
+		out, err := zDec().DecodeAll(m.Payload, buf[:0])
+		if err != nil || int64(len(out)) != m.Length {
+			return nil, malformed(MsgResyncData, "zstd payload does not decode to %d bytes", m.Length)
+		}
+		return out, nil
+	}
+	copy(buf, m.Payload)
+	return buf, nil
 }
 
 // ChecksumRequestMsg (csums resync, online verify): Sum is the sender's
@@ -1134,4 +1195,37 @@ func setBits(words []uint64, pos, n uint64) {
 		pos += span
 		n -= span
 	}
+}
+
+// EncodeResyncData fills m's Flags and Payload for the Length bytes in p
+// (len(p) == m.Length): an all-zero range becomes ResyncZero, data that
+// zstd shrinks by at least an eighth is sent compressed, anything else
+// plain (aliasing p).
+func EncodeResyncData(m *ResyncDataMsg, p []byte) {
+	m.Length = int64(len(p))
+	if isZero(p) {
+		m.Flags, m.Payload = ResyncZero, nil
+		return
+	}
+	z := zEnc().EncodeAll(p, make([]byte, 0, len(p)/2))
+	if len(z) <= len(p)-len(p)/8 {
+		m.Flags, m.Payload = ResyncZstd, z
+		return
+	}
+	m.Flags, m.Payload = 0, p
+}
+
+func isZero(p []byte) bool {
+	for len(p) >= 8 {
+		if binary.LittleEndian.Uint64(p) != 0 {
+			return false
+		}
+		p = p[8:]
+	}
+	for _, c := range p {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

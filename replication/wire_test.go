@@ -41,7 +41,8 @@ func wireSamples() []Message {
 		&TrimMsg{Seq: 13, Offset: 0, Length: 4096},
 		&BitmapChunkMsg{Offset: 128, Words: 3, Last: true, Payload: EncodeBitmapRuns([]uint64{1, 0, math.MaxUint64})},
 		&ResyncRequestMsg{Offset: 1 << 30, Length: 1 << 20},
-		&ResyncDataMsg{Offset: 512, Payload: []byte("resync")},
+		&ResyncDataMsg{Seq: 9, Offset: 512, Length: 6, Payload: []byte("resync")},
+		&ResyncDataMsg{Seq: 10, Offset: 4096, Length: 1 << 20, Flags: ResyncZero, Payload: []byte{}},
 		&ChecksumRequestMsg{Offset: 4096, Length: 4096, Sum: 0x1234},
 		&ChecksumReplyMsg{Offset: 4096, Length: 4096, Same: true},
 		&PingMsg{},
@@ -329,7 +330,7 @@ func TestWireMalformedPayloads(t *testing.T) {
 		{"bitmap unaligned", MsgBitmapChunk, bitmapBad},
 		{"bitmap short", MsgBitmapChunk, make([]byte, bitmapFixed-1)},
 		{"resync request overflow", MsgResyncRequest, overflow},
-		{"resync data short", MsgResyncData, make([]byte, 7)},
+		{"resync data short", MsgResyncData, make([]byte, resyncFixed-1)},
 		{"checksum request short", MsgChecksumRequest, make([]byte, 23)},
 		{"checksum reply bool", MsgChecksumReply, append(make([]byte, 16), 3)},
 		{"hello short", MsgHello, hello[:len(hello)-1]},
@@ -360,6 +361,10 @@ func TestWireMalformedPayloads(t *testing.T) {
 		&BitmapChunkMsg{Words: MaxBitmapChunkWords + 1},
 		&ResyncRequestMsg{Length: -1},
 		&ResyncDataMsg{Offset: -5},
+		&ResyncDataMsg{Length: 3, Payload: []byte("ab")},
+		&ResyncDataMsg{Length: 3, Flags: ResyncZero, Payload: []byte("abc")},
+		&ResyncDataMsg{Length: 3, Flags: ResyncZero | ResyncZstd},
+		&ResyncDataMsg{Length: MaxDataSize + 1, Flags: ResyncZero},
 		&ChecksumRequestMsg{Offset: -1},
 		&ChecksumReplyMsg{Length: -1},
 		&HelloMsg{Resource: string(make([]byte, MaxStringLen+1))},
@@ -493,4 +498,44 @@ func TestWireBitmapRunsRejects(t *testing.T) {
 	got, err = DecodeBitmapRuns(runs('R', 64, 64), 2)
 	require.NoError(t, err)
 	require.Equal(t, []uint64{0, math.MaxUint64}, got)
+}
+
+func TestResyncDataEncoding(t *testing.T) {
+	zero := make([]byte, 64<<10)
+	text := bytes.Repeat([]byte("twinbd resync "), 4096)
+	random := make([]byte, 64<<10)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range random {
+		random[i] = byte(rng.Uint32())
+	}
+	for _, tc := range []struct {
+		name  string
+		p     []byte
+		flags uint32
+	}{{"zero", zero, ResyncZero}, {"text", text, ResyncZstd}, {"random", random, 0}} {
+		m := ResyncDataMsg{Seq: 1, Offset: 8192}
+		EncodeResyncData(&m, tc.p)
+		if m.Flags != tc.flags {
+			t.Fatalf("%s: flags %#x, want %#x", tc.name, m.Flags, tc.flags)
+		}
+		f, err := EncodeMessage(1, &m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dm, err := DecodeMessage(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeResyncPayload(dm.(*ResyncDataMsg), nil)
+		if err != nil || !bytes.Equal(got, tc.p) {
+			t.Fatalf("%s: round trip differs (err %v)", tc.name, err)
+		}
+	}
+	// A zstd payload that decodes to a different length is refused.
+	m := ResyncDataMsg{Length: int64(len(text))}
+	EncodeResyncData(&m, text)
+	m.Length--
+	if _, err := DecodeResyncPayload(&m, nil); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("short length: %v", err)
+	}
 }
