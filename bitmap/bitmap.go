@@ -289,3 +289,43 @@ func (b *Bitmap) UnmarshalBinary(data []byte) error {
 	b.words = words
 	return nil
 }
+
+// Words returns a copy of the bitmap's 64-bit words (bit i in word i/64 at
+// position i%64), for sending to the peer.
+func (b *Bitmap) Words() []uint64 { return b.words64() }
+
+// OrWords ORs words into the bitmap starting at word index at. ErrInvalid if
+// they run past the end or set bits beyond Len.
+func (b *Bitmap) OrWords(at int64, words []uint64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if at < 0 || at > int64(len(b.words)) || int64(len(words)) > int64(len(b.words))-at {
+		return fmt.Errorf("%w: %d words at word %d of %d", ErrInvalid, len(words), at, len(b.words))
+	}
+	if n := int64(len(words)); n > 0 && at+n == int64(len(b.words)) {
+		if tail := b.nbits % 64; tail != 0 && words[n-1]>>uint(tail) != 0 {
+			return fmt.Errorf("%w: bits beyond bit %d", ErrInvalid, b.nbits)
+		}
+	}
+	for i, w := range words {
+		b.words[at+int64(i)] |= w
+	}
+	return nil
+}
+
+// CountRange is the number of set bits among those covering [off, off+length).
+func (b *Bitmap) CountRange(off, length int64) int64 {
+	start, end, ok := b.clamp(off, length)
+	if !ok {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var n int64
+	for i := start >> b.shift; i <= (end-1)>>b.shift; i++ {
+		if b.words[i/64]&(1<<uint(i%64)) != 0 {
+			n++
+		}
+	}
+	return n
+}

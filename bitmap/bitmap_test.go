@@ -253,3 +253,25 @@ func TestBitmapConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestWordsOrWordsCountRange(t *testing.T) {
+	b, err := New(1<<20+4096*3, 4096) // 259 bits: a partial last word
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.SetRange(4096*10, 4096*5)
+	w := b.Words()
+	c, _ := New(1<<20+4096*3, 4096)
+	if err := c.OrWords(0, w); err != nil {
+		t.Fatal(err)
+	}
+	if c.Count() != 5 || c.CountRange(4096*12, 4096*100) != 3 || c.CountRange(0, 4096*10) != 0 {
+		t.Fatalf("count %d range %d", c.Count(), c.CountRange(4096*12, 4096*100))
+	}
+	if err := c.OrWords(4, []uint64{1 << 10}); err == nil {
+		t.Fatal("bit beyond Len accepted")
+	}
+	if err := c.OrWords(5, []uint64{1}); err == nil {
+		t.Fatal("words past the end accepted")
+	}
+}

@@ -291,3 +291,38 @@ func (m *Meta) WriteBitmap(b *Bitmap) error {
 	}
 	return nil
 }
+
+// WriteBitmapRange writes the blocks of the bitmap area that hold the bits
+// covering data bytes [off, off+length), then md.Flush: how the activity log
+// writes back one extent's bits when it evicts it, without rewriting the
+// whole area.
+func (m *Meta) WriteBitmapRange(b *Bitmap, off, length int64) error {
+	if b.DataSize() != m.lay.DataSize || b.Granularity() != m.lay.Granularity {
+		return fmt.Errorf("bitmap: write bitmap range: %w: bitmap does not match the layout", ErrInvalid)
+	}
+	start, end, ok := b.clamp(off, length)
+	if !ok {
+		return nil
+	}
+	m.bitmapMu.Lock()
+	defer m.bitmapMu.Unlock()
+	words, err := b.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("bitmap: write bitmap range: %w", err)
+	}
+	firstByte := (start >> b.shift) / 8
+	lastByte := ((end - 1) >> b.shift) / 8
+	from := firstByte / BlockSize * BlockSize
+	to := min((lastByte/BlockSize+1)*BlockSize, m.lay.BitmapSize)
+	buf := make([]byte, to-from)
+	if from < int64(len(words)) {
+		copy(buf, words[from:min(to, int64(len(words)))])
+	}
+	if _, err := m.md.WriteAt(buf, m.lay.BitmapOffset+from); err != nil {
+		return fmt.Errorf("bitmap: write bitmap range at %d: %w", m.lay.BitmapOffset+from, err)
+	}
+	if err := m.md.Flush(); err != nil {
+		return fmt.Errorf("bitmap: write bitmap range: flush: %w", err)
+	}
+	return nil
+}

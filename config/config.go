@@ -130,7 +130,7 @@ func defaultDisk() Disk {
 		CMinRate:           250 << 10,
 		CDelayTarget:       1 * time.Second,
 		OnIOError:          "detach",
-		ALExtents:          1237,
+		ALExtents:          1014, // DRBD: 1237; twinbd logs at most 1014 extents (one 4 KiB transaction)
 		DiskFlushes:        true,
 		MDFlushes:          true,
 		BitmapGranularity:  4096,

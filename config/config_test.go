@@ -94,7 +94,7 @@ func TestParseDesignExample(t *testing.T) {
 	require.Equal(t, want, r.Net)
 	require.Equal(t, Disk{
 		CPlanAhead: 2 * time.Second, CFillTarget: 51200, CMinRate: 250 << 10, CDelayTarget: time.Second,
-		OnIOError: "detach", ALExtents: 1237, DiskFlushes: true, MDFlushes: true,
+		OnIOError: "detach", ALExtents: 1014, DiskFlushes: true, MDFlushes: true,
 		BitmapGranularity: 4096, OnNoDataAccessible: "io-error",
 	}, r.Disk)
 	require.Equal(t, Options{Quorum: "off", OnNoQuorum: "suspend-io"}, r.Options)
@@ -278,7 +278,7 @@ func TestFormat(t *testing.T) {
         c-min-rate 250K;
         c-delay-target 10;
         on-io-error detach;
-        al-extents 1237;
+        al-extents 1014;
         disk-flushes yes;
         md-flushes yes;
         bitmap-granularity 4K;

@@ -5,6 +5,7 @@ import (
 
 	"github.com/twinbd/twinbd/bitmap"
 	"github.com/twinbd/twinbd/config"
+	"github.com/twinbd/twinbd/device"
 )
 
 // CreateMetadata writes fresh metadata for res on node's backing disk
@@ -12,11 +13,15 @@ import (
 // metadata unless force. The disk starts Inconsistent with no generation.
 // The caller makes sure the resource is not up.
 func CreateMetadata(res *config.Resource, node string, force bool) (bitmap.Layout, error) {
+	return createMetadata(res, node, force, nil)
+}
+
+func createMetadata(res *config.Resource, node string, force bool, dev device.Device) (bitmap.Layout, error) {
 	host, err := res.Host(node)
 	if err != nil {
 		return bitmap.Layout{}, err
 	}
-	_, md, closers, lay, err := openBacking(res, host)
+	_, md, closers, lay, err := openBacking(res, host, dev)
 	if err != nil {
 		return lay, err
 	}

@@ -1,14 +1,17 @@
 package replication
 
 import (
+	"errors"
+	"fmt"
+
 	"github.com/twinbd/twinbd/device"
 	"github.com/twinbd/twinbd/nbd"
 )
 
 // Resource implements nbd.Export. The NBD server has checked ranges and
-// flags; every write re-checks that this node is still Primary, then the
-// local disk is served by an nbd.DeviceExport over the data area (FUA as a
-// durable write, trim, zeroes, and a flush after them when FUA is set).
+// flags; every write re-checks that this node is still Primary. Local I/O
+// goes through an nbd.DeviceExport over the data area; with a peer, writes
+// go through replicate (the write path of DESIGN.md).
 
 var _ nbd.Export = (*Resource)(nil)
 
@@ -36,36 +39,57 @@ func (r *Resource) WriteAt(p []byte, off int64, fua bool) error {
 		return err
 	}
 	r.pending.Add(1)
-	err := r.local.WriteAt(p, off, fua)
-	r.pending.Add(-1)
+	defer r.pending.Add(-1)
+	var flags uint32
+	if fua {
+		flags = DataFUA
+	}
+	err := r.replicate(off, int64(len(p)), fua,
+		func(seq uint64) Message { return &DataMsg{Seq: seq, Offset: off, Flags: flags, Payload: p} },
+		func() error { return r.local.WriteAt(p, off, fua) })
 	if err == nil {
 		r.writtenBytes.Add(int64(len(p)))
 	}
 	return err
 }
 
-// Flush makes every completed write durable. Writes answered on any NBD
-// connection have completed on the shared data device, so one fdatasync
-// covers all connections (what CAN_MULTI_CONN promises).
+// Flush makes every completed write durable on this node and on a
+// connected peer (a barrier: the peer fdatasyncs after every write it
+// received before it). Writes answered on any NBD connection have completed
+// on the shared data device, so one fdatasync covers all connections (what
+// CAN_MULTI_CONN promises).
 func (r *Resource) Flush() error {
 	if !r.writable.Load() {
 		return nbd.ErrReadOnly
 	}
-	return r.local.Flush()
+	var peer chan bool
+	if s := r.sess.Load(); s != nil {
+		peer = s.barrier()
+	}
+	err := r.local.Flush()
+	if peer != nil {
+		// false: the link died; what the peer may lack is in the bitmap.
+		<-peer
+	}
+	return err
 }
 
 func (r *Resource) Trim(off, length int64, fua bool) error {
 	if err := r.checkWrite(off, length); err != nil {
 		return err
 	}
-	return r.local.Trim(off, length, fua)
+	return r.replicate(off, length, fua,
+		func(seq uint64) Message { return &TrimMsg{Seq: seq, Offset: off, Length: length} },
+		func() error { return r.local.Trim(off, length, fua) })
 }
 
 func (r *Resource) WriteZeroes(off, length int64, fua, noHole bool) error {
 	if err := r.checkWrite(off, length); err != nil {
 		return err
 	}
-	err := r.local.WriteZeroes(off, length, fua, noHole)
+	err := r.replicate(off, length, fua,
+		func(seq uint64) Message { return &TrimMsg{Seq: seq, Offset: off, Length: length, Zero: true} },
+		func() error { return r.local.WriteZeroes(off, length, fua, noHole) })
 	if err == nil {
 		r.writtenBytes.Add(length)
 	}
@@ -77,4 +101,66 @@ func (r *Resource) checkWrite(off, length int64) error {
 		return nbd.ErrReadOnly
 	}
 	return device.CheckRange(r.size, off, length)
+}
+
+// errActivityLog is returned (as EIO) when the activity log cannot record
+// a write: it is not issued, since a crash could then lose track of it.
+var errActivityLog = errors.New("replication: activity log")
+
+// replicate is the write path: range lock, activity log, then the local
+// write in parallel with the send to the peer, answered per the protocol.
+// Without a connected peer the range is marked out of sync before the local
+// write, under the activity log, so the mark survives a crash.
+func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) Message, local func() error) error {
+	if r.peer == nil {
+		return local()
+	}
+	unlock := r.lock.Lock(off, length)
+	defer unlock()
+	release, err := r.al.Begin(off, length)
+	if err != nil {
+		r.log.Error("activity log", "err", err)
+		return fmt.Errorf("%w: %w", errActivityLog, err)
+	}
+	defer release()
+	s := r.sess.Load()
+	var p *pending
+	if s != nil {
+		p = &pending{rng: rng{off, length}}
+		seq, ok := s.register(p)
+		if ok {
+			m := msg(seq)
+			if s.writeData(m) == nil {
+				if d, isData := m.(*DataMsg); isData {
+					r.link.sentBytes.Add(int64(len(d.Payload)))
+				}
+			}
+		} else {
+			p = nil
+		}
+	}
+	if p == nil {
+		r.bm.SetRange(off, length)
+	}
+	lerr := local()
+	if lerr != nil {
+		// The peer may have the new data and this disk not.
+		r.bm.SetRange(off, length)
+	}
+	if p != nil {
+		switch {
+		case fua || s.proto == 'C':
+			<-p.done
+		case s.proto == 'B':
+			<-p.recvd
+		}
+		if fua {
+			if _, isTrim := msg(0).(*TrimMsg); isTrim {
+				// A trim has no FUA flag on the wire: a barrier makes it
+				// durable on the peer.
+				<-s.barrier()
+			}
+		}
+	}
+	return lerr
 }

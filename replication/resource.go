@@ -32,6 +32,34 @@ type Options struct {
 	Res    *config.Resource
 	Node   string // this node's `on` name
 	Logger *slog.Logger
+	// Transport, if set, replaces the TCP peer link (simulation tests).
+	Transport Transport
+	// Disk, if set, is the backing device instead of the host's `disk`
+	// (with internal metadata); simulation tests use crashable memory.
+	Disk device.Device
+	// Handler, if set, runs a `handlers { }` command (the daemon passes
+	// failover.RunHandler with DRBD's environment); nil only logs.
+	Handler func(name, command string)
+}
+
+// linkState is what status shows about the peer link; guarded by r.mu
+// except the atomic counters.
+type linkState struct {
+	conn       ConnState
+	repl       ReplState
+	peerRole   Role
+	peerDisk   DiskState
+	reason     string // why the link is not up (last refusal or error)
+	standAlone bool   // stay StandAlone until Connect
+
+	syncTotal int64 // bits out of sync when the resync started
+	syncStart time.Time
+
+	syncedBytes atomic.Int64 // resynced bytes (either side) in this resync
+	resyncWire  atomic.Int64 // resync bytes put on the wire (source)
+	sentBytes   atomic.Int64 // application bytes sent to the peer
+	recvBytes   atomic.Int64 // bytes received on the data channel
+	verifyDone  atomic.Int64 // runs compared by the running verify
 }
 
 // Resource is one resource brought up on this node.
@@ -52,13 +80,30 @@ type Resource struct {
 	readBytes, writtenBytes atomic.Int64
 	pending                 atomic.Int64
 
-	mu      sync.Mutex // guards role, disk, server, ln, down
-	role    Role
-	disk    DiskState
-	server  *nbd.Server
-	ln      net.Listener
-	serveWG sync.WaitGroup
-	down    bool
+	// replication
+	bm     *bitmap.Bitmap      // out-of-sync blocks; nil without a peer
+	al     *bitmap.ActivityLog // nil without a peer
+	lock   rangeLock           // orders overlapping writes (invariant 3)
+	peer   *config.Host        // nil without a peer
+	tr     Transport           // nil without a peer
+	sess   atomic.Pointer[session]
+	handle func(name, command string)
+
+	stopPeer context.CancelFunc
+	peerDone chan struct{}
+
+	mu            sync.Mutex // guards role, disk, server, ln, down, link and the fields below
+	role          Role
+	disk          DiskState
+	server        *nbd.Server
+	ln            net.Listener
+	serveWG       sync.WaitGroup
+	down          bool
+	link          linkState
+	connectCh     chan struct{}
+	discardMyData bool   // connect --discard-my-data, until the next handshake
+	disconnectReq bool   // the operator said disconnect
+	handshaking   func() // aborts a handshake in progress
 }
 
 // Up opens the local disk and its metadata and refuses a disk whose metadata
@@ -73,7 +118,7 @@ func Up(opts Options) (*Resource, error) {
 		log = slog.Default()
 	}
 	log = log.With("resource", opts.Res.Name)
-	data, md, closers, lay, err := openBacking(opts.Res, host)
+	data, md, closers, lay, err := openBacking(opts.Res, host, opts.Disk)
 	if err != nil {
 		return nil, err
 	}
@@ -104,6 +149,16 @@ func Up(opts Options) (*Resource, error) {
 	}
 	sb := meta.Superblock()
 	r.disk = diskStateFromFlags(sb.Flags)
+	r.handle = opts.Handler
+	r.link = linkState{conn: ConnStandAlone, peerRole: RoleUnknown, peerDisk: DiskDUnknown}
+	if len(r.peers) > 1 {
+		return fail(fmt.Errorf("replication: %s: %d peers; twinbd replicates between two nodes", opts.Res.Name, len(r.peers)))
+	}
+	if len(r.peers) == 1 {
+		if err := r.openReplication(opts, lay); err != nil {
+			return fail(err)
+		}
+	}
 	if sb.Flags&bitmap.FlagPrimaryInd != 0 {
 		// We were Primary and did not demote cleanly: remember it (DRBD's
 		// crashed-primary), which later decides resync after a crash.
@@ -115,19 +170,130 @@ func Up(opts Options) (*Resource, error) {
 		log.Warn("node was Primary when it stopped without demoting (crashed primary)")
 	}
 	log.Info("resource up", "disk", r.disk, "size", size, "backing", host.Disk, "meta", host.MetaDisk)
+	if r.peer != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		r.stopPeer = cancel
+		r.peerDone = make(chan struct{})
+		r.link.conn = ConnConnecting
+		go r.runPeer(ctx)
+	}
 	return r, nil
+}
+
+// openReplication loads the bitmap and the activity log. Extents the
+// activity log still holds (writes that may have been in flight when a
+// Primary stopped) are marked out of sync and written to the bitmap before
+// anything else happens.
+func (r *Resource) openReplication(opts Options, lay bitmap.Layout) error {
+	r.peer = r.peers[0]
+	bm, err := r.meta.ReadBitmap()
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrMetadata, r.host.Disk, err)
+	}
+	r.bm = bm
+	ext := r.res.Disk.ALExtents
+	if ext <= 0 || ext > bitmap.MaxALExtents {
+		if ext > bitmap.MaxALExtents {
+			r.log.Warn("al-extents larger than one activity-log transaction holds; using the maximum", "al-extents", ext, "max", bitmap.MaxALExtents)
+		}
+		ext = bitmap.MaxALExtents
+	}
+	var md device.Device = r.closer[0]
+	if len(r.closer) > 1 {
+		md = r.closer[1]
+	}
+	al, err := bitmap.OpenActivityLog(md, lay, 0, ext, bitmap.ALOptions{
+		OnEvict: func(e int64) error {
+			es := int64(bitmap.DefaultExtentSize)
+			return r.meta.WriteBitmapRange(r.bm, e*es, es)
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %s: activity log: %w", ErrMetadata, r.host.Disk, err)
+	}
+	r.al = al
+	if rec := al.Recovered(); len(rec) > 0 {
+		es := al.ExtentSize()
+		for _, e := range rec {
+			bm.SetRange(e*es, es)
+		}
+		if err := r.meta.WriteBitmap(bm); err != nil {
+			return fmt.Errorf("replication: %s: write bitmap: %w", r.res.Name, err)
+		}
+		r.log.Warn("activity log held extents: marked out of sync", "extents", len(rec), "out-of-sync", bm.Bytes())
+	}
+	r.tr = opts.Transport
+	if r.tr == nil {
+		r.tr = NewTCPTransport(r.host.Address, r.peer.Address, TCPOptions{
+			DialTimeout: r.res.Net.ConnectInt,
+			SndBuf:      int(r.res.Net.SndBufSize), RcvBuf: int(r.res.Net.RcvBufSize),
+		})
+	}
+	r.connectCh = make(chan struct{}, 1)
+	return nil
+}
+
+// runHandler runs a configured handler (nothing if command is empty).
+func (r *Resource) runHandler(name, command string) {
+	if command == "" {
+		return
+	}
+	if r.handle == nil {
+		r.log.Info("handler not run (no handler runner)", "handler", name)
+		return
+	}
+	r.handle(name, command)
+}
+
+func (r *Resource) maxEpoch() int {
+	if n := r.res.Net.MaxEpochSize; n > 0 {
+		return n
+	}
+	return 2048
+}
+
+func (r *Resource) setDisk(d DiskState) {
+	r.mu.Lock()
+	r.disk = d
+	r.mu.Unlock()
+}
+
+// ReplState is the replication state with the peer.
+func (r *Resource) ReplState() ReplState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.link.repl
+}
+
+// markUpToDate records that the local data is current (connected to a
+// peer at the same generation, or a finished resync).
+func (r *Resource) markUpToDate() error {
+	if err := r.meta.Update(func(sb *bitmap.Superblock) {
+		sb.Flags |= bitmap.FlagConsistent | bitmap.FlagWasUpToDate
+		sb.Flags &^= bitmap.FlagOutdated
+	}); err != nil {
+		return fmt.Errorf("replication: %s: write metadata: %w", r.res.Name, err)
+	}
+	r.setDisk(DiskUpToDate)
+	return nil
 }
 
 // openBacking opens the backing disk (and external metadata device) and
 // computes the metadata layout.
-func openBacking(res *config.Resource, host *config.Host) (data, md device.Device, closers []device.Device, lay bitmap.Layout, err error) {
+func openBacking(res *config.Resource, host *config.Host, dev device.Device) (data, md device.Device, closers []device.Device, lay bitmap.Layout, err error) {
 	gran := res.Disk.BitmapGranularity
 	if gran == 0 {
 		gran = bitmap.DefaultGranularity
 	}
-	backing, err := device.OpenFile(host.Disk)
-	if err != nil {
-		return nil, nil, nil, lay, fmt.Errorf("replication: backing disk: %w", err)
+	var backing device.Device = dev
+	if dev == nil {
+		f, err := device.OpenFile(host.Disk)
+		if err != nil {
+			return nil, nil, nil, lay, fmt.Errorf("replication: backing disk: %w", err)
+		}
+		backing = f
+	} else if host.MetaDisk != "internal" {
+		return nil, nil, nil, lay, fmt.Errorf("replication: an injected disk needs internal metadata")
 	}
 	closers = []device.Device{backing}
 	if host.MetaDisk == "internal" {
@@ -224,7 +390,14 @@ func (r *Resource) Primary(force bool) error {
 	if addr == "" {
 		return fmt.Errorf("replication: %s: no `export IP:PORT;` for node %s or the resource: nowhere to serve NBD", r.res.Name, r.host.Name)
 	}
+	sess := r.sess.Load()
+	if sess != nil && r.link.peerRole == RolePrimary {
+		return fmt.Errorf("%w: the peer %s is Primary; demote it first (twinbd secondary %s on %s): two Primaries are never allowed", ErrInUse, r.peer.Name, r.res.Name, r.peer.Name)
+	}
 	upToDate := r.disk == DiskUpToDate || (r.disk == DiskConsistent && len(r.peers) == 0)
+	if r.link.repl == ReplSyncTarget {
+		return fmt.Errorf("%w: local disk is SyncTarget (Inconsistent) of a running resync; wait for it (twinbd wait-sync %s)", ErrNoUpToDate, r.res.Name)
+	}
 	if !upToDate && !force {
 		return fmt.Errorf("%w: local disk is %s; promote it anyway with `twinbd primary --force %s` only if the peer's data is gone or this node is the initial sync source", ErrNoUpToDate, r.disk, r.res.Name)
 	}
@@ -242,11 +415,18 @@ func (r *Resource) Primary(force bool) error {
 	// yet), and DRBD starts a new current UUID whenever a disconnected node
 	// is promoted: the old one becomes the bitmap UUID, which is how a peer
 	// still at the old generation is later recognised as behind.
+	// Connected to a peer that holds the same UpToDate data, the
+	// generation does not change (DRBD); a forced promotion over a peer
+	// that is not UpToDate starts a generation and reconnects, so the
+	// handshake starts the sync towards the peer.
+	rotate := sess == nil || !upToDate
 	if err := r.meta.Update(func(s *bitmap.Superblock) {
 		s.Flags |= bitmap.FlagConsistent | bitmap.FlagWasUpToDate | bitmap.FlagPrimaryInd
 		s.Flags &^= bitmap.FlagOutdated | bitmap.FlagCrashedPrimary
-		g := NewCurrentUUID(Generation{Current: s.Current, Bitmap: s.Bitmap, History: s.History}, randomUUID())
-		s.Current, s.Bitmap, s.History = g.Current, g.Bitmap, g.History
+		if rotate {
+			g := NewCurrentUUID(Generation{Current: s.Current, Bitmap: s.Bitmap, History: s.History}, randomUUID())
+			s.Current, s.Bitmap, s.History = g.Current, g.Bitmap, g.History
+		}
 	}); err != nil {
 		ln.Close()
 		return fmt.Errorf("replication: %s: write metadata: %w", r.res.Name, err)
@@ -266,6 +446,13 @@ func (r *Resource) Primary(force bool) error {
 		}
 	})
 	r.log.Info("promoted to Primary", "export", ln.Addr().String())
+	if sess != nil {
+		if rotate {
+			sess.fail(errors.New("forced promotion started a new data generation: reconnecting to resync the peer"))
+		} else {
+			go func() { sess.sendMeta(r.myState(0)) }()
+		}
+	}
 	return nil
 }
 
@@ -314,24 +501,54 @@ func (r *Resource) secondaryLocked(force bool) error {
 		return fmt.Errorf("replication: %s: write metadata: %w", r.res.Name, err)
 	}
 	r.log.Info("demoted to Secondary")
+	if s := r.sess.Load(); s != nil {
+		go func() { s.sendMeta(r.myState(0)) }()
+	}
 	return nil
 }
 
-// Down demotes (refusing while clients are connected unless force), flushes
-// and closes the disk. Idempotent.
+// Down demotes (refusing while clients are connected unless force), stops
+// the peer link, writes the bitmap out, flushes and closes the disk.
+// Idempotent.
 func (r *Resource) Down(force bool) error {
+	r.mu.Lock()
+	if r.down {
+		r.mu.Unlock()
+		return nil
+	}
+	if err := r.secondaryLocked(force); err != nil {
+		r.mu.Unlock()
+		return err
+	}
+	r.mu.Unlock()
+	if r.stopPeer != nil {
+		if s := r.sess.Load(); s != nil {
+			s.sendMeta(&DisconnectMsg{Reason: "peer is going down"})
+		}
+		r.stopPeer()
+		<-r.peerDone
+		r.tr.Close()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.down {
 		return nil
 	}
-	if err := r.secondaryLocked(force); err != nil {
-		return err
-	}
 	if err := r.data.Flush(); err != nil {
 		return fmt.Errorf("replication: %s: flush: %w", r.res.Name, err)
 	}
+	if r.bm != nil {
+		// The bitmap on disk is now complete, so the activity log can be
+		// emptied: a restart finds exactly the recorded bits.
+		if err := r.meta.WriteBitmap(r.bm); err != nil {
+			return fmt.Errorf("replication: %s: write bitmap: %w", r.res.Name, err)
+		}
+		if err := r.al.Clean(); err != nil {
+			r.log.Warn("activity log not cleaned; its extents will be resynced after the next start", "err", err)
+		}
+	}
 	r.down = true
+	r.link.conn = ConnStandAlone
 	var first error
 	for _, c := range r.closer {
 		if err := c.Close(); err != nil && first == nil {

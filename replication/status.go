@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
+
+	"github.com/twinbd/twinbd/config"
 )
 
 // Status is a resource's state with drbdsetup status --json's keys.
@@ -44,6 +47,9 @@ type ConnectionStatus struct {
 	APInFlight      int64              `json:"ap-in-flight"`
 	RSInFlight      int64              `json:"rs-in-flight"`
 	PeerDevices     []PeerDeviceStatus `json:"peer_devices"`
+	// Reason is twinbd's addition: why the connection is not Connected
+	// (the last refusal or network error), "" when it is.
+	Reason string `json:"reason,omitempty"`
 }
 
 // PeerDeviceStatus is the peer's copy of the volume.
@@ -59,6 +65,9 @@ type PeerDeviceStatus struct {
 	Pending          int64   `json:"pending"`
 	Unacked          int64   `json:"unacked"`
 	PercentInSync    float64 `json:"percent-in-sync"`
+	// During a resync (drbdsetup's keys): percent done and seconds left.
+	DonePercent float64 `json:"done,omitempty"`
+	ETA         int64   `json:"eta,omitempty"`
 }
 
 // Status returns the current status.
@@ -81,16 +90,58 @@ func (r *Resource) Status() Status {
 		Connections: []ConnectionStatus{},
 	}
 	for _, p := range r.peers {
-		st.Connections = append(st.Connections, ConnectionStatus{
-			PeerNodeID: p.NodeID, Name: p.Name,
-			ConnectionState: ConnStandAlone.String(), PeerRole: RoleUnknown.String(),
-			PeerDevices: []PeerDeviceStatus{{
-				ReplicationState: ReplOff.String(), PeerDiskState: DiskDUnknown.String(),
-				ResyncSuspended: "no", PercentInSync: 100,
-			}},
-		})
+		st.Connections = append(st.Connections, r.connStatus(p))
 	}
 	return st
+}
+
+func (r *Resource) connStatus(p *config.Host) ConnectionStatus {
+	r.mu.Lock()
+	l := &r.link
+	c := ConnectionStatus{
+		PeerNodeID: p.NodeID, Name: p.Name,
+		ConnectionState: l.conn.String(), PeerRole: l.peerRole.String(),
+	}
+	if l.conn != ConnConnected {
+		c.Reason = l.reason
+	}
+	repl, peerDisk, total, start := l.repl, l.peerDisk, l.syncTotal, l.syncStart
+	r.mu.Unlock()
+	pd := PeerDeviceStatus{
+		ReplicationState: repl.String(), PeerDiskState: peerDisk.String(),
+		ResyncSuspended: "no", PercentInSync: 100,
+		Sent: (r.link.sentBytes.Load() + r.link.resyncWire.Load()) / 1024, Received: r.link.recvBytes.Load() / 1024,
+	}
+	if r.bm != nil {
+		oos := r.bm.Bytes()
+		if oos > r.size {
+			oos = r.size
+		}
+		pd.OutOfSync = oos / 1024
+		if r.size > 0 {
+			pd.PercentInSync = float64(int64(1000*float64(r.size-oos)/float64(r.size))) / 10
+		}
+		if (repl == ReplSyncSource || repl == ReplSyncTarget || repl == ReplVerifyS) && total > 0 {
+			left := r.bm.Count()
+			if repl == ReplVerifyS {
+				left = total - r.link.verifyDone.Load()
+			}
+			done := float64(total-left) / float64(total)
+			pd.DonePercent = float64(int64(done*1000)) / 10
+			if done > 0 {
+				el := time.Since(start).Seconds()
+				pd.ETA = int64(el/done - el + 0.5)
+			}
+		}
+	}
+	if s := r.sess.Load(); s != nil {
+		s.mu.Lock()
+		c.APInFlight = int64(len(s.pend))
+		pd.Unacked = int64(len(s.pend))
+		s.mu.Unlock()
+	}
+	c.PeerDevices = []PeerDeviceStatus{pd}
+	return c
 }
 
 // WriteText writes the status in drbdadm status's layout; verbose adds
@@ -120,12 +171,19 @@ func (s Status) WriteText(w io.Writer, verbose bool) {
 			fmt.Fprintf(&b, " node-id:%d", c.PeerNodeID)
 		}
 		if c.ConnectionState != ConnConnected.String() {
-			fmt.Fprintf(&b, " connection:%s\n", c.ConnectionState)
+			fmt.Fprintf(&b, " connection:%s", c.ConnectionState)
+			if c.Reason != "" {
+				fmt.Fprintf(&b, " reason:%q", c.Reason)
+			}
+			b.WriteString("\n")
 			continue
 		}
 		fmt.Fprintf(&b, " role:%s\n", c.PeerRole)
 		for _, p := range c.PeerDevices {
 			fmt.Fprintf(&b, "    replication:%s peer-disk:%s", p.ReplicationState, p.PeerDiskState)
+			if p.ReplicationState == ReplSyncSource.String() || p.ReplicationState == ReplSyncTarget.String() || p.ReplicationState == ReplVerifyS.String() {
+				fmt.Fprintf(&b, " done:%.1f", p.DonePercent)
+			}
 			if verbose {
 				fmt.Fprintf(&b, " out-of-sync:%d pending:%d unacked:%d", p.OutOfSync, p.Pending, p.Unacked)
 			}

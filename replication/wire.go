@@ -174,7 +174,7 @@ const (
 // the header's length before any payload byte is read.
 var maxPayloadFor = [...]uint32{
 	MsgHello:           helloFixed + MaxStringLen,
-	MsgAuth:            32,
+	MsgAuth:            authMaxResponse,
 	MsgAuthOK:          0,
 	MsgState:           stateSize,
 	MsgData:            dataFixed + MaxDataSize,
@@ -532,20 +532,36 @@ func (m *HelloMsg) UnmarshalBinary(p []byte) error {
 	return nil
 }
 
-// AuthMsg answers the peer's HelloMsg challenge.
+// AuthMsg answers the peer's HelloMsg challenge with an HMAC over both
+// challenges (see Authenticate in linkauth.go). Response is the whole
+// payload and is exactly one HMAC output long: 20 (sha1), 32 (sha256) or 64
+// (sha512) bytes; any other length is ErrMalformed. UnmarshalBinary copies
+// its input.
 type AuthMsg struct {
-	Response [32]byte // HMAC-SHA256(secret, peer's challenge)
+	Response []byte
 }
+
+// authMaxResponse is the longest AuthMsg.Response (HMAC-SHA512).
+const authMaxResponse = 64
+
+// validAuthResponseLen reports whether n is the output size of a supported
+// cram-hmac-alg.
+func validAuthResponseLen(n int) bool { return n == 20 || n == 32 || n == 64 }
 
 func (*AuthMsg) Type() MsgType { return MsgAuth }
 
-func (m *AuthMsg) AppendBinary(b []byte) ([]byte, error) { return append(b, m.Response[:]...), nil }
+func (m *AuthMsg) AppendBinary(b []byte) ([]byte, error) {
+	if !validAuthResponseLen(len(m.Response)) {
+		return b, malformed(MsgAuth, "%d-byte response, want 20, 32 or 64", len(m.Response))
+	}
+	return append(b, m.Response...), nil
+}
 
 func (m *AuthMsg) UnmarshalBinary(p []byte) error {
-	if len(p) != len(m.Response) {
-		return malformed(MsgAuth, "%d bytes", len(p))
+	if !validAuthResponseLen(len(p)) {
+		return malformed(MsgAuth, "%d bytes, want 20, 32 or 64", len(p))
 	}
-	copy(m.Response[:], p)
+	m.Response = append([]byte(nil), p...)
 	return nil
 }
 
@@ -589,7 +605,10 @@ func (*OutdatePeerMsg) UnmarshalBinary(p []byte) error        { return emptyUnma
 const (
 	StateCrashedPrimary uint32 = 1 << iota // sender was Primary when it crashed
 	StateDiscardMyData                     // sender volunteers as split-brain victim
-	stateKnownFlags     = StateCrashedPrimary | StateDiscardMyData
+	// StateResyncDone: sent by the sync source on the data channel after
+	// the last resync data; the target adopts the UUIDs and is UpToDate.
+	StateResyncDone
+	stateKnownFlags = StateCrashedPrimary | StateDiscardMyData | StateResyncDone
 )
 
 // StateMsg carries a node's role, disk state and generation UUIDs.

@@ -76,6 +76,10 @@ func FuzzUnmarshalMessage(f *testing.F) {
 		require.NoError(f, err)
 		f.Add(uint16(m.Type()), p)
 	}
+	// Auth responses of lengths no cram-hmac-alg produces.
+	for _, n := range []int{0, 19, 33, 48, 65} {
+		f.Add(uint16(MsgAuth), make([]byte, n))
+	}
 	f.Fuzz(func(t *testing.T, ty uint16, p []byte) {
 		m, err := DecodeMessage(Frame{Type: MsgType(ty), Payload: p})
 		if err != nil {

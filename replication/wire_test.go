@@ -26,7 +26,9 @@ func wireSamples() []Message {
 	return []Message{
 		&HelloMsg{Version: 1, Resource: "r0", NodeID: 7, Challenge: ch},
 		&HelloMsg{Resource: ""},
-		&AuthMsg{Response: resp},
+		&AuthMsg{Response: resp[:]},
+		&AuthMsg{Response: bytes.Repeat([]byte{0x5a}, 20)},
+		&AuthMsg{Response: bytes.Repeat([]byte{0xa5}, 64)},
 		&AuthOKMsg{},
 		&StateMsg{Role: 2, Disk: 8, Size: 1 << 40, Granularity: 4096, Current: 0xdeadbeef,
 			Bitmap: 0xfeed, History: [2]uint64{3, 4}, Flags: StateCrashedPrimary | StateDiscardMyData, Dirty: 12345},
@@ -311,8 +313,14 @@ func TestWireMalformedPayloads(t *testing.T) {
 	}{
 		{"ping with byte", MsgPing, []byte{0}},
 		{"authok with byte", MsgAuthOK, []byte{0}},
+		{"auth empty", MsgAuth, nil},
+		{"auth 19", MsgAuth, make([]byte, 19)},
+		{"auth 21", MsgAuth, make([]byte, 21)},
 		{"auth short", MsgAuth, make([]byte, 31)},
 		{"auth long", MsgAuth, make([]byte, 33)},
+		{"auth 48", MsgAuth, make([]byte, 48)},
+		{"auth 63", MsgAuth, make([]byte, 63)},
+		{"auth 65", MsgAuth, make([]byte, 65)},
 		{"state short", MsgState, stateOK[:stateSize-1]},
 		{"state long", MsgState, append(bytes.Clone(stateOK), 0)},
 		{"state unknown flag", MsgState, stateBadFlags},
@@ -368,6 +376,9 @@ func TestWireMalformedPayloads(t *testing.T) {
 		&ChecksumRequestMsg{Offset: -1},
 		&ChecksumReplyMsg{Length: -1},
 		&HelloMsg{Resource: string(make([]byte, MaxStringLen+1))},
+		&AuthMsg{},
+		&AuthMsg{Response: make([]byte, 48)},
+		&AuthMsg{Response: make([]byte, 65)},
 		&DisconnectMsg{Reason: "\xff"},
 	}
 	for _, m := range bad {

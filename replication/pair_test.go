@@ -1,0 +1,234 @@
+package replication
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/twinbd/twinbd/config"
+	"github.com/twinbd/twinbd/device"
+)
+
+// testPair is two nodes of one resource in this process, over a MemNetwork.
+type testPair struct {
+	t          *testing.T
+	net        *MemNetwork
+	res        *config.Resource
+	imgA, imgB string
+	a, b       *Resource
+	devs       map[string]device.Device // injected disks, by node
+}
+
+const pairSize = 16 << 20
+
+func newPair(t *testing.T, netExtra string) *testPair {
+	return newPairOn(t, netExtra, nil)
+}
+
+// newPairOn builds a pair on injected disks (nil: files).
+func newPairOn(t *testing.T, netExtra string, devs map[string]device.Device) *testPair {
+	dir := t.TempDir()
+	p := &testPair{t: t, net: NewMemNetwork(1), devs: devs}
+	p.imgA, p.imgB = filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
+	for _, img := range []string{p.imgA, p.imgB} {
+		require.NoError(t, os.WriteFile(img, nil, 0o600))
+		require.NoError(t, os.Truncate(img, pairSize))
+	}
+	src := fmt.Sprintf(`resource r0 {
+  net { shared-secret "s3cret"; ping-int 1; connect-int 1; %s }
+  on a { node-id 0; address a:1; export %s; disk %s; meta-disk internal; }
+  on b { node-id 1; address b:1; export %s; disk %s; meta-disk internal; }
+}
+`, netExtra, freeAddr(t), p.imgA, freeAddr(t), p.imgB)
+	cfg, err := config.Parse(filepath.Join(dir, "t.conf"), []byte(src))
+	require.NoError(t, err)
+	p.res, err = cfg.Resource("r0")
+	require.NoError(t, err)
+	for _, n := range []string{"a", "b"} {
+		_, err := createMetadata(p.res, n, false, p.devs[n])
+		require.NoError(t, err)
+	}
+	p.a = p.up("a")
+	p.b = p.up("b")
+	t.Cleanup(func() {
+		if p.a != nil {
+			p.a.Down(true)
+		}
+		if p.b != nil {
+			p.b.Down(true)
+		}
+	})
+	return p
+}
+
+func (p *testPair) up(node string) *Resource {
+	peer := map[string]string{"a": "b:1", "b": "a:1"}[node]
+	r, err := Up(Options{Res: p.res, Node: node, Transport: p.net.Transport(node+":1", peer), Disk: p.devs[node]})
+	require.NoError(p.t, err)
+	return r
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (p *testPair) waitSynced(r *Resource) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(p.t, r.WaitConnected(ctx, true))
+}
+
+// sameData compares the two backing data areas byte for byte.
+func (p *testPair) sameData() {
+	p.t.Helper()
+	a, err := os.ReadFile(p.imgA)
+	require.NoError(p.t, err)
+	b, err := os.ReadFile(p.imgB)
+	require.NoError(p.t, err)
+	n := p.a.size
+	if !bytes.Equal(a[:n], b[:n]) {
+		for i := int64(0); i < n; i += 4096 {
+			if !bytes.Equal(a[i:i+4096], b[i:i+4096]) {
+				p.t.Fatalf("replicas differ first at block %d (offset %d)", i/4096, i)
+			}
+		}
+	}
+}
+
+func randBlock(rng *rand.Rand, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}
+
+func TestPairInitialSyncAndReplication(t *testing.T) {
+	p := newPair(t, "")
+	// Fresh pair: both Inconsistent, no sync until one is forced Primary.
+	eventually(t, "connected", func() bool { return p.a.Status().Connections[0].ConnectionState == "Connected" })
+	require.Equal(t, DiskInconsistent, p.b.DiskState())
+
+	// Some data on a before it becomes the sync source.
+	rng := rand.New(rand.NewPCG(1, 1))
+	require.NoError(t, p.a.Primary(true))
+	for i := range 64 {
+		require.NoError(t, p.a.WriteAt(randBlock(rng, 8192), int64(i)*65536, false))
+	}
+	p.waitSynced(p.a)
+	p.waitSynced(p.b)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+	st := p.a.Status()
+	require.Equal(t, "UpToDate", st.Connections[0].PeerDevices[0].PeerDiskState)
+	require.Equal(t, int64(0), st.Connections[0].PeerDevices[0].OutOfSync)
+
+	// Replicated writes, overlapping, trims, zeroes, FUA and flushes.
+	for i := range 500 {
+		off := int64(rng.IntN(int(p.a.Size()/4096)-16)) * 4096
+		switch i % 10 {
+		case 7:
+			require.NoError(t, p.a.Trim(off, 8192, false))
+		case 8:
+			require.NoError(t, p.a.WriteZeroes(off, 4096*3, true, false))
+		case 9:
+			require.NoError(t, p.a.Flush())
+		default:
+			require.NoError(t, p.a.WriteAt(randBlock(rng, 4096*(1+rng.IntN(8))), off, i%5 == 0))
+		}
+	}
+	require.NoError(t, p.a.Flush())
+	require.Equal(t, int64(0), p.a.bm.Count())
+	p.sameData()
+
+	// Same generation on both after the sync.
+	require.Equal(t, p.a.meta.Superblock().Current, p.b.meta.Superblock().Current)
+	// The peer refuses a second Primary.
+	require.ErrorIs(t, p.b.Primary(false), ErrInUse)
+}
+
+func TestPairSecondaryAwayBitmapResync(t *testing.T) {
+	p := newPair(t, "")
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+
+	// b goes away; a keeps writing; bits are set for exactly those blocks.
+	require.NoError(t, p.b.Down(true))
+	p.b = nil
+	eventually(t, "a notices", func() bool { return p.a.sess.Load() == nil })
+	rng := rand.New(rand.NewPCG(2, 2))
+	dirty := map[int64]bool{}
+	for range 100 {
+		blk := int64(rng.IntN(int(p.a.Size() / 4096)))
+		require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), blk*4096, false))
+		dirty[blk] = true
+	}
+	require.Equal(t, int64(len(dirty)), p.a.bm.Count())
+
+	p.b = p.up("b")
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+	// Only the dirty blocks went over the wire (plus framing).
+	wire := p.a.link.resyncWire.Load()
+	dirtyBytes := int64(len(dirty)) * 4096
+	require.LessOrEqual(t, wire, dirtyBytes*11/10, "resync sent %d bytes for %d dirty", wire, dirtyBytes)
+	require.Greater(t, wire, dirtyBytes/2)
+	p.sameData()
+}
+
+func TestPairProtocols(t *testing.T) {
+	for _, proto := range []string{"A", "B", "C"} {
+		t.Run(proto, func(t *testing.T) {
+			p := newPair(t, "protocol "+proto+";")
+			require.NoError(t, p.a.Primary(true))
+			p.waitSynced(p.a)
+			rng := rand.New(rand.NewPCG(3, 3))
+			for range 200 {
+				off := int64(rng.IntN(int(p.a.Size()/4096)-4)) * 4096
+				require.NoError(t, p.a.WriteAt(randBlock(rng, 4096*(1+rng.IntN(4))), off, false))
+			}
+			require.NoError(t, p.a.Flush())
+			eventually(t, "acks", func() bool {
+				s := p.a.sess.Load()
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				return len(s.pend) == 0
+			})
+			p.sameData()
+		})
+	}
+}
+
+func TestPairWrongSecretRefused(t *testing.T) {
+	p := newPair(t, "")
+	require.NoError(t, p.a.Down(true))
+	p.a = nil
+	// a comes back with another secret: it is refused and goes StandAlone,
+	// b keeps listening and says why.
+	bad := *p.res
+	bad.Net.SharedSecret = "wrong"
+	r, err := Up(Options{Res: &bad, Node: "a", Transport: p.net.Transport("a:1", "b:1")})
+	require.NoError(t, err)
+	p.a = r
+	eventually(t, "a StandAlone", func() bool { return r.Status().Connections[0].ConnectionState == "StandAlone" })
+	c := r.Status().Connections[0]
+	require.Contains(t, c.Reason, "authentication")
+	require.NotContains(t, c.Reason, "wrong")
+	require.NotContains(t, c.Reason, "s3cret")
+	require.Equal(t, "Connecting", p.b.Status().Connections[0].ConnectionState)
+	require.Nil(t, p.b.sess.Load())
+}

@@ -1,0 +1,901 @@
+package replication
+
+// A session is one established peer link: the connect-time handshake
+// (state exchange, sync decision, bitmap exchange), then the steady state
+// (replicated writes, acks, barriers, pings, resync) until either side
+// drops it.
+//
+// Channels: Data, Trim, Barrier, ResyncData, ChecksumRequest, BitmapChunk
+// and the resync-done State travel on the data connection, in the order the
+// sender wrote them; acks, pings, State and Disconnect on the meta
+// connection, so an ack never waits behind bulk data.
+//
+// Acknowledgements (net { protocol }):
+//
+//	A  a write is answered when it is on the local disk and handed to the
+//	   data connection;
+//	B  ... and the peer has received it (RecvAck);
+//	C  ... and the peer has written it (WriteAck).
+//
+// The peer always sends WriteAck (and RecvAck under B). A FLUSH is answered
+// once the local fdatasync and the peer's BarrierAck (its fdatasync after
+// every write it received before the barrier) are both done, under every
+// protocol. A FUA write is durable on the peer before its WriteAck.
+//
+// Until a write's range is known durable on the peer (a BarrierAck covering
+// its WriteAck), the session remembers it. When the session dies, every
+// range the peer may not hold durably (unacked, or acked but not yet
+// covered by a barrier) is set in the bitmap before any waiting write is
+// answered: invariants 1 and 4. A Primary that loses an UpToDate peer
+// starts a new data generation first (DRBD's new-current-UUID), so the
+// next connect finds the peer behind by exactly the bitmap.
+//
+// Ordering (invariant 3): the Primary holds a write's range lock from
+// before it is sent until it is answered (until the WriteAck under C), and
+// the resync source holds it from reading a block until its WriteAck. The
+// Secondary registers every incoming write in the range lock in stream
+// order before handing it to a worker, so overlapping writes apply in the
+// order they were sent. A barrier is a whole-device range.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/twinbd/twinbd/bitmap"
+)
+
+// Session limits.
+const (
+	maxApplyWorkers = 128     // concurrent writes applied on the Secondary
+	resyncChunk     = 1 << 20 // bytes per ResyncData at most
+	resyncWindow    = 8       // resync requests in flight
+	stateTimeout    = 30 * time.Second
+)
+
+type rng struct{ off, length int64 }
+
+// pending is a sent message waiting for the peer's answer.
+type pending struct {
+	rng
+	recvd chan struct{} // closed at RecvAck (protocol B) or completion
+	done  chan struct{} // closed at WriteAck/NegAck/ChecksumReply or session end
+	ok    bool          // acked positively; set before done closes
+	same  bool          // ChecksumReply.Same
+	// onDone, if set, runs (once) instead of a waiter reading done.
+	onDone func(p *pending)
+}
+
+type session struct {
+	r          *Resource
+	data, meta net.Conn
+	dataMu     sync.Mutex // serializes frames on data
+	metaMu     sync.Mutex // serializes frames on meta
+	proto      byte
+
+	seq atomic.Uint64
+
+	mu        sync.Mutex
+	pend      map[uint64]*pending
+	barriers  map[uint64]chan bool
+	epoch     uint64
+	unflushed []rng          // WriteAcked, not yet covered by a BarrierAck
+	epochEnd  map[uint64]int // barrier epoch -> len(unflushed) when it was sent
+	dead      bool
+	err       error
+
+	deadCh   chan struct{}
+	finished chan struct{} // closed after teardown
+	workers  sync.WaitGroup
+	sem      chan struct{}
+
+	lastRecv atomic.Int64 // unix nanos of the last meta frame
+
+	// resync state (source)
+	syncing    atomic.Bool
+	csums      bool
+	resyncWake chan struct{}
+	syncedAt   time.Time
+}
+
+func newSession(r *Resource, data, meta net.Conn) *session {
+	p := byte('C')
+	if v := r.res.Net.Protocol; v == "A" || v == "B" {
+		p = v[0]
+	}
+	return &session{
+		r: r, data: data, meta: meta, proto: p,
+		pend: map[uint64]*pending{}, barriers: map[uint64]chan bool{}, epochEnd: map[uint64]int{},
+		deadCh: make(chan struct{}), finished: make(chan struct{}),
+		sem: make(chan struct{}, maxApplyWorkers), resyncWake: make(chan struct{}, 1),
+	}
+}
+
+// fail ends the session (first error wins).
+func (s *session) fail(err error) {
+	s.mu.Lock()
+	if s.dead {
+		s.mu.Unlock()
+		return
+	}
+	s.dead, s.err = true, err
+	s.mu.Unlock()
+	close(s.deadCh)
+	s.data.Close()
+	s.meta.Close()
+}
+
+func (s *session) isDead() bool {
+	select {
+	case <-s.deadCh:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *session) sendMeta(m Message) error {
+	s.metaMu.Lock()
+	defer s.metaMu.Unlock()
+	if err := WriteMessage(s.meta, 0, m); err != nil {
+		s.fail(fmt.Errorf("meta channel: %w", err))
+		return err
+	}
+	return nil
+}
+
+func (s *session) writeData(m Message) error {
+	s.dataMu.Lock()
+	defer s.dataMu.Unlock()
+	if err := WriteMessage(s.data, 0, m); err != nil {
+		s.fail(fmt.Errorf("data channel: %w", err))
+		return err
+	}
+	return nil
+}
+
+// register assigns a sequence number to p, or returns false if the session
+// is dead (the caller then treats the peer as not having the data).
+func (s *session) register(p *pending) (uint64, bool) {
+	p.recvd = make(chan struct{})
+	p.done = make(chan struct{})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dead {
+		return 0, false
+	}
+	seq := s.seq.Add(1)
+	s.pend[seq] = p
+	return seq, true
+}
+
+// complete finishes a pending entry (from the meta reader).
+func (s *session) complete(seq uint64, ok, same bool) {
+	s.mu.Lock()
+	p := s.pend[seq]
+	if p == nil {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.pend, seq)
+	if ok && p.length > 0 {
+		s.unflushed = append(s.unflushed, p.rng)
+	}
+	auto := len(s.unflushed) >= s.r.maxEpoch() && len(s.epochEnd) == 0
+	s.mu.Unlock()
+	if !ok && p.length > 0 {
+		s.r.bm.SetRange(p.off, p.length) // the peer does not have it
+	}
+	p.ok, p.same = ok, same
+	finish(p)
+	if auto {
+		// Close the epoch so that the list of acked but not yet durable
+		// ranges stays bounded without a client FLUSH.
+		go s.barrier()
+	}
+}
+
+func finish(p *pending) {
+	select {
+	case <-p.recvd:
+	default:
+		close(p.recvd)
+	}
+	close(p.done)
+	if p.onDone != nil {
+		p.onDone(p)
+	}
+}
+
+// barrier sends a Barrier and returns a channel that yields true once the
+// peer has made everything it received before it durable.
+func (s *session) barrier() chan bool {
+	ch := make(chan bool, 1)
+	s.mu.Lock()
+	if s.dead {
+		s.mu.Unlock()
+		ch <- false
+		return ch
+	}
+	s.epoch++
+	e := s.epoch
+	s.barriers[e] = ch
+	s.epochEnd[e] = len(s.unflushed)
+	s.mu.Unlock()
+	// The barrier must follow every write already acked; the data lock
+	// orders it after every frame written so far.
+	if s.writeData(&BarrierMsg{Epoch: e}) != nil {
+		return ch // fail() answers it false in teardown
+	}
+	return ch
+}
+
+func (s *session) barrierAck(e uint64) {
+	s.mu.Lock()
+	ch := s.barriers[e]
+	n, ok := s.epochEnd[e]
+	delete(s.barriers, e)
+	delete(s.epochEnd, e)
+	if ok {
+		s.unflushed = s.unflushed[n:]
+		for k, v := range s.epochEnd {
+			s.epochEnd[k] = v - n
+		}
+	}
+	s.mu.Unlock()
+	if ch != nil {
+		ch <- true
+	}
+}
+
+// runSession runs the handshake and the session until it ends.
+func (r *Resource) runSession(ctx context.Context, data, meta net.Conn) error {
+	s := newSession(r, data, meta)
+	r.mu.Lock()
+	if r.disconnectReq || r.down {
+		r.mu.Unlock()
+		data.Close()
+		meta.Close()
+		return standAlone("disconnected by the operator")
+	}
+	r.handshaking = func() { s.fail(standAlone("disconnected by the operator")) }
+	r.mu.Unlock()
+	kind, err := s.handshake()
+	r.mu.Lock()
+	r.handshaking = nil
+	r.mu.Unlock()
+	if err != nil {
+		s.fail(err)
+		close(s.finished)
+		s.mu.Lock()
+		err = s.err
+		s.mu.Unlock()
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { s.fail(errors.New("shutting down")) })
+	defer stop()
+	var loops sync.WaitGroup
+	loops.Go(s.readMeta)
+	loops.Go(s.readData)
+	loops.Go(s.pinger)
+	if kind.Source() {
+		loops.Go(s.resync)
+	}
+	<-s.deadCh
+	loops.Wait()
+	s.teardown()
+	close(s.finished)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// myState is this node's State message.
+func (r *Resource) myState(flags uint32) *StateMsg {
+	sb := r.meta.Superblock()
+	r.mu.Lock()
+	role, disk := r.role, r.disk
+	if r.discardMyData {
+		flags |= StateDiscardMyData
+	}
+	r.mu.Unlock()
+	if sb.Flags&bitmap.FlagCrashedPrimary != 0 {
+		flags |= StateCrashedPrimary
+	}
+	return &StateMsg{
+		Role: uint8(role), Disk: uint8(disk), Size: r.size, Granularity: uint32(r.bm.Granularity()),
+		Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History, Flags: flags, Dirty: r.bm.Count(),
+	}
+}
+
+func syncInput(m *StateMsg, nodeID int) SyncInput {
+	return SyncInput{
+		Gen:  Generation{Current: m.Current, Bitmap: m.Bitmap, History: m.History},
+		Disk: DiskState(m.Disk), Role: Role(m.Role),
+		CrashedPrimary: m.Flags&StateCrashedPrimary != 0,
+		Dirty:          m.Dirty, NodeID: nodeID,
+		DiscardMyData: m.Flags&StateDiscardMyData != 0,
+	}
+}
+
+// readMsg reads one message with a deadline (handshake only).
+func readMsg(c net.Conn, want MsgType) (Message, error) {
+	f, _, err := ReadFrame(c, nil)
+	if err != nil {
+		return nil, err
+	}
+	m, err := DecodeMessage(f)
+	if err != nil {
+		return nil, err
+	}
+	if d, ok := m.(*DisconnectMsg); ok {
+		return nil, standAlone("peer refused: %s", d.Reason)
+	}
+	if m.Type() != want {
+		return nil, fmt.Errorf("%w: got %v during the handshake, want %v", ErrMalformed, m.Type(), want)
+	}
+	return m, nil
+}
+
+// refuse tells the peer why (best effort) and returns a StandAlone error.
+func (s *session) refuse(format string, args ...any) error {
+	reason := fmt.Sprintf(format, args...)
+	s.sendMeta(&DisconnectMsg{Reason: reason})
+	return standAlone("%s", reason)
+}
+
+// handshake exchanges states, decides the sync direction, merges bitmaps
+// and attaches the session to the resource.
+func (s *session) handshake() (SyncKind, error) {
+	r := s.r
+	dl := time.Now().Add(stateTimeout)
+	s.data.SetDeadline(dl)
+	s.meta.SetDeadline(dl)
+	mine := r.myState(0)
+	if err := s.sendMeta(mine); err != nil {
+		return 0, err
+	}
+	m, err := readMsg(s.meta, MsgState)
+	if err != nil {
+		return 0, fmt.Errorf("state exchange: %w", err)
+	}
+	theirs := m.(*StateMsg)
+	if theirs.Size != r.size {
+		return 0, s.refuse("size mismatch: %s has %d bytes, %s has %d; give both the same disk size", r.host.Name, r.size, r.peer.Name, theirs.Size)
+	}
+	if int64(theirs.Granularity) != r.bm.Granularity() {
+		return 0, s.refuse("bitmap granularity mismatch: %d here, %d on the peer", r.bm.Granularity(), theirs.Granularity)
+	}
+	me, peer := syncInput(mine, r.host.NodeID), syncInput(theirs, r.peer.NodeID)
+	d := DecideSync(me, peer)
+	kind := d.Kind
+	switch kind {
+	case SplitBrainAuto, SplitBrainManual:
+		r.log.Error("split brain detected", "peer", r.peer.Name, "rule", d.Rule)
+		r.runHandler("split-brain", r.res.Handlers.SplitBrain)
+		o, why := ResolveSplitBrain(me, peer, r.host.Name, r.peer.Name, SBPolicies{
+			ZeroPri: r.res.Net.AfterSB0Pri, OnePri: r.res.Net.AfterSB1Pri, TwoPri: r.res.Net.AfterSB2Pri})
+		switch o {
+		case SBDiscardMine:
+			if r.Role() == RolePrimary {
+				return 0, standAlone("split brain: this node is the victim (%s) but Primary: demote it and connect again", why)
+			}
+			kind = BitmapSyncTarget
+			if d.Kind == SplitBrainManual {
+				kind = FullSyncTarget
+			}
+		case SBDiscardPeer:
+			if peer.Role == RolePrimary {
+				return 0, standAlone("split brain: the peer is the victim (%s) but Primary", why)
+			}
+			kind = BitmapSyncSource
+			if d.Kind == SplitBrainManual {
+				kind = FullSyncSource
+			}
+		default:
+			return 0, standAlone("split brain, nobody picked to discard its data (%s): choose the victim and run `twinbd connect --discard-my-data %s` there, then `twinbd connect %s` on the other node", why, r.res.Name, r.res.Name)
+		}
+		r.log.Warn("split brain resolved", "outcome", o, "why", why, "sync", kind)
+	case Unrelated:
+		return 0, standAlone("unrelated data (%s): the nodes share no data generation; run `twinbd invalidate %s` (or create-md) on the node whose data is to be overwritten", d.Rule, r.res.Name)
+	case SyncRefused:
+		return 0, standAlone("sync refused: %s", d.Rule)
+	}
+	r.log.Info("peer connected", "peer", r.peer.Name, "sync", kind, "rule", d.Rule,
+		"peer-role", Role(theirs.Role), "peer-disk", DiskState(theirs.Disk))
+
+	// Pause application writes while the bitmaps merge and the session
+	// attaches: a write is either wholly before (its bit is set) or wholly
+	// after (it is replicated).
+	unlock := r.lock.Lock(0, math.MaxInt64)
+	defer unlock()
+	switch {
+	case kind == FullSyncSource || kind == FullSyncTarget:
+		r.bm.SetAll()
+	case kind.Source() || kind.Target():
+		if err := s.exchangeBitmaps(); err != nil {
+			return 0, fmt.Errorf("bitmap exchange: %w", err)
+		}
+	}
+	peerDisk := DiskState(theirs.Disk)
+	switch {
+	case kind.Target():
+		if err := r.meta.Update(func(sb *bitmap.Superblock) {
+			sb.Flags &^= bitmap.FlagConsistent | bitmap.FlagWasUpToDate
+		}); err != nil {
+			return 0, fmt.Errorf("mark Inconsistent: %w", err)
+		}
+		if err := r.meta.WriteBitmap(r.bm); err != nil {
+			return 0, err
+		}
+		r.runHandler("before-resync-target", r.res.Handlers.BeforeResyncTarget)
+		r.setDisk(DiskInconsistent)
+	case kind.Source():
+		if err := r.meta.WriteBitmap(r.bm); err != nil {
+			return 0, err
+		}
+		peerDisk = DiskInconsistent
+		s.csums = peer.CrashedPrimary || me.CrashedPrimary || r.res.Net.CsumsAlg != ""
+	case kind == NoSync:
+		// Same generation on both sides: consistent data is now known
+		// to be current on both.
+		if me.Disk >= DiskOutdated && peer.Disk >= DiskOutdated && me.Disk != DiskDUnknown {
+			if err := r.markUpToDate(); err != nil {
+				return 0, err
+			}
+			peerDisk = DiskUpToDate
+		}
+	}
+	// The crashed-primary flag has done its job once a sync was decided.
+	if me.CrashedPrimary {
+		r.meta.Update(func(sb *bitmap.Superblock) { sb.Flags &^= bitmap.FlagCrashedPrimary })
+	}
+	s.data.SetDeadline(time.Time{})
+	s.meta.SetDeadline(time.Time{})
+	s.lastRecv.Store(time.Now().UnixNano())
+	s.syncedAt = time.Now()
+
+	repl := ReplEstablished
+	switch {
+	case kind.Source():
+		repl = ReplSyncSource
+		s.syncing.Store(true)
+	case kind.Target():
+		repl = ReplSyncTarget
+	}
+	r.mu.Lock()
+	r.discardMyData = false
+	r.link.conn = ConnConnected
+	r.link.reason = ""
+	r.link.repl = repl
+	r.link.peerRole = Role(theirs.Role)
+	r.link.peerDisk = peerDisk
+	r.link.syncTotal = r.bm.Count()
+	r.link.syncStart = time.Now()
+	r.link.syncedBytes.Store(0)
+	r.sess.Store(s)
+	r.mu.Unlock()
+	// Tell the peer our (possibly changed) disk state.
+	if err := s.sendMeta(r.myState(0)); err != nil {
+		return 0, err
+	}
+	return kind, nil
+}
+
+// exchangeBitmaps sends this node's bitmap and ORs the peer's into it.
+func (s *session) exchangeBitmaps() error {
+	r := s.r
+	words := r.bm.Words()
+	errc := make(chan error, 1)
+	go func() {
+		for at := 0; ; at += MaxBitmapChunkWords / 4 {
+			end := min(at+MaxBitmapChunkWords/4, len(words))
+			m := &BitmapChunkMsg{Offset: int64(at) * 64, Words: uint32(end - at), Last: end == len(words),
+				Payload: EncodeBitmapRuns(words[at:end])}
+			s.dataMu.Lock()
+			err := WriteMessage(s.data, 0, m)
+			s.dataMu.Unlock()
+			if err != nil || m.Last {
+				errc <- err
+				return
+			}
+		}
+	}()
+	total := int64(len(words))
+	for {
+		m, err := readMsg(s.data, MsgBitmapChunk)
+		if err != nil {
+			return err
+		}
+		c := m.(*BitmapChunkMsg)
+		w, err := DecodeBitmapRuns(c.Payload, int(c.Words))
+		if err != nil {
+			return err
+		}
+		if err := r.bm.OrWords(c.Offset/64, w); err != nil {
+			return fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
+		if c.Last {
+			if c.Offset/64+int64(c.Words) != total {
+				return fmt.Errorf("%w: bitmap of %d words, want %d", ErrMalformed, c.Offset/64+int64(c.Words), total)
+			}
+			break
+		}
+	}
+	return <-errc
+}
+
+// readMeta handles acks, pings, states and disconnects.
+func (s *session) readMeta() {
+	r := s.r
+	br := bufio.NewReaderSize(s.meta, 64<<10)
+	var buf []byte
+	for {
+		deadline := r.res.Net.PingInt + r.res.Net.PingTimeout
+		if deadline <= 0 {
+			deadline = 1500 * time.Millisecond
+		}
+		s.meta.SetReadDeadline(time.Now().Add(deadline))
+		f, b, err := ReadFrame(br, buf)
+		buf = b
+		if err != nil {
+			if isTimeout(err) {
+				err = fmt.Errorf("ping timeout: nothing from %s for %v", r.peer.Name, deadline)
+			}
+			s.fail(fmt.Errorf("meta channel: %w", err))
+			return
+		}
+		s.lastRecv.Store(time.Now().UnixNano())
+		m, err := DecodeMessage(f)
+		if err != nil {
+			s.fail(fmt.Errorf("meta channel: %w", err))
+			return
+		}
+		switch m := m.(type) {
+		case *PingMsg:
+			go s.sendMeta(&PingAckMsg{})
+		case *PingAckMsg:
+		case *RecvAckMsg:
+			s.mu.Lock()
+			p := s.pend[m.Seq]
+			s.mu.Unlock()
+			if p != nil {
+				select {
+				case <-p.recvd:
+				default:
+					close(p.recvd)
+				}
+			}
+		case *WriteAckMsg:
+			s.complete(m.Seq, true, false)
+		case *NegAckMsg:
+			r.log.Warn("peer failed a write", "seq", m.Seq, "errno", m.Errno)
+			s.complete(m.Seq, false, false)
+		case *ChecksumReplyMsg:
+			s.complete(f.Seq, true, m.Same)
+		case *BarrierAckMsg:
+			s.barrierAck(m.Epoch)
+		case *StateMsg:
+			r.mu.Lock()
+			r.link.peerRole = Role(m.Role)
+			r.link.peerDisk = DiskState(m.Disk)
+			r.mu.Unlock()
+		case *DisconnectMsg:
+			s.fail(fmt.Errorf("peer disconnected: %s", m.Reason))
+			return
+		default:
+			s.fail(fmt.Errorf("meta channel: %w: unexpected %v", ErrMalformed, m.Type()))
+			return
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// pinger sends a Ping every ping-int and watches the oldest pending write.
+func (s *session) pinger() {
+	r := s.r
+	every := r.res.Net.PingInt
+	if every <= 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.deadCh:
+			return
+		case <-t.C:
+		}
+		if s.sendMeta(&PingMsg{}) != nil {
+			return
+		}
+	}
+}
+
+// readData applies the Primary's writes (and resync data) on this node.
+func (s *session) readData() {
+	r := s.r
+	br := bufio.NewReaderSize(s.data, 256<<10)
+	for {
+		f, _, err := ReadFrame(br, nil) // each payload is owned by its worker
+		if err != nil {
+			if !s.isDead() {
+				s.fail(fmt.Errorf("data channel: %w", err))
+			}
+			return
+		}
+		m, err := DecodeMessage(f)
+		if err != nil {
+			s.fail(fmt.Errorf("data channel: %w", err))
+			return
+		}
+		r.link.recvBytes.Add(int64(len(f.Payload)))
+		if err := s.apply(f.Seq, m); err != nil {
+			s.fail(fmt.Errorf("data channel: %w", err))
+			return
+		}
+	}
+}
+
+// apply registers one data-channel message in the range lock (stream order)
+// and hands it to a worker.
+func (s *session) apply(fseq uint64, m Message) error {
+	r := s.r
+	var (
+		off, length int64
+		work        func() error
+		ack         func(error)
+	)
+	writeAck := func(seq uint64) func(error) {
+		return func(err error) {
+			if err != nil {
+				s.sendMeta(&NegAckMsg{Seq: seq, Errno: errnoOf(err)})
+				return
+			}
+			s.sendMeta(&WriteAckMsg{Seq: seq})
+		}
+	}
+	switch m := m.(type) {
+	case *DataMsg:
+		if r.Role() == RolePrimary {
+			return fmt.Errorf("%w: the peer sent application data while this node is Primary", ErrMalformed)
+		}
+		if err := r.checkPeerRange(m.Offset, int64(len(m.Payload))); err != nil {
+			return err
+		}
+		if s.proto == 'B' {
+			if err := s.sendMeta(&RecvAckMsg{Seq: m.Seq}); err != nil {
+				return err
+			}
+		}
+		off, length = m.Offset, int64(len(m.Payload))
+		work = func() error {
+			err := r.local.WriteAt(m.Payload, m.Offset, m.Flags&DataFUA != 0)
+			if err == nil {
+				r.writtenBytes.Add(int64(len(m.Payload)))
+			}
+			return err
+		}
+		ack = writeAck(m.Seq)
+	case *TrimMsg:
+		if err := r.checkPeerRange(m.Offset, m.Length); err != nil {
+			return err
+		}
+		off, length = m.Offset, m.Length
+		work = func() error {
+			if m.Zero {
+				return r.local.WriteZeroes(m.Offset, m.Length, false, false)
+			}
+			return r.local.Trim(m.Offset, m.Length, false)
+		}
+		ack = writeAck(m.Seq)
+	case *ResyncDataMsg:
+		if err := r.checkPeerRange(m.Offset, m.Length); err != nil {
+			return err
+		}
+		p, err := DecodeResyncPayload(m, nil)
+		if err != nil {
+			return err
+		}
+		off, length = m.Offset, m.Length
+		work = func() error {
+			if err := r.local.WriteAt(p, m.Offset, false); err != nil {
+				return err
+			}
+			r.bm.ClearRange(m.Offset, m.Length)
+			r.link.syncedBytes.Add(m.Length)
+			return nil
+		}
+		ack = writeAck(m.Seq)
+	case *ChecksumRequestMsg:
+		if err := r.checkPeerRange(m.Offset, m.Length); err != nil {
+			return err
+		}
+		seq := fseq // the request id travels in the frame sequence (see sendCsum)
+		off, length = m.Offset, m.Length
+		var same bool
+		work = func() error {
+			buf := make([]byte, m.Length)
+			if err := r.local.ReadAt(buf, m.Offset); err != nil {
+				return err
+			}
+			same = xxhash.Sum64(buf) == m.Sum
+			switch target := r.ReplState() == ReplSyncTarget; {
+			case same && target: // csums resync: nothing to send
+				r.bm.ClearRange(m.Offset, m.Length)
+				r.link.syncedBytes.Add(m.Length)
+			case !same && !target: // online verify found a difference
+				r.bm.SetRange(m.Offset, m.Length)
+			}
+			return nil
+		}
+		ack = func(err error) {
+			s.metaMu.Lock()
+			defer s.metaMu.Unlock()
+			reply := &ChecksumReplyMsg{Offset: m.Offset, Length: m.Length, Same: same && err == nil}
+			if werr := WriteMessage(s.meta, seq, reply); werr != nil {
+				go s.fail(werr)
+			}
+		}
+	case *BarrierMsg:
+		off, length = 0, math.MaxInt64
+		work = func() error { return r.data.Flush() }
+		ack = func(err error) {
+			if err != nil {
+				r.log.Error("flush for the peer's barrier failed", "err", err)
+				go s.fail(fmt.Errorf("barrier: flush: %w", err))
+				return
+			}
+			s.sendMeta(&BarrierAckMsg{Epoch: m.Epoch})
+		}
+	case *StateMsg:
+		if m.Flags&StateResyncDone == 0 {
+			return fmt.Errorf("%w: State on the data channel without resync-done", ErrMalformed)
+		}
+		off, length = 0, math.MaxInt64
+		work = func() error { return r.finishSyncTarget(m) }
+		ack = func(err error) {
+			if err != nil {
+				go s.fail(fmt.Errorf("finishing resync: %w", err))
+				return
+			}
+			s.sendMeta(r.myState(0))
+		}
+	default:
+		return fmt.Errorf("%w: unexpected %v on the data channel", ErrMalformed, m.Type())
+	}
+	granted, unlock := r.lock.Enqueue(off, length)
+	select {
+	case s.sem <- struct{}{}:
+	case <-s.deadCh:
+		unlock()
+		return nil
+	}
+	s.workers.Go(func() {
+		defer func() { <-s.sem }()
+		<-granted
+		err := work()
+		unlock()
+		if err != nil {
+			r.log.Error("applying peer data failed", "type", m.Type(), "off", off, "err", err)
+		}
+		if !s.isDead() {
+			ack(err)
+		}
+	})
+	return nil
+}
+
+func (r *Resource) checkPeerRange(off, length int64) error {
+	if off < 0 || length < 0 || off > r.size-length {
+		return fmt.Errorf("%w: peer range [%d, +%d) outside the %d-byte device", ErrMalformed, off, length, r.size)
+	}
+	return nil
+}
+
+func errnoOf(err error) uint32 {
+	var en syscall.Errno
+	if errors.As(err, &en) {
+		return uint32(en)
+	}
+	return uint32(syscall.EIO)
+}
+
+// finishSyncTarget runs on the target when the source says the resync is
+// complete: everything before it in the stream is applied (the whole-device
+// range lock), so flush, adopt the source's generation, and be UpToDate.
+func (r *Resource) finishSyncTarget(m *StateMsg) error {
+	if err := r.data.Flush(); err != nil {
+		return err
+	}
+	r.bm.ClearAll()
+	if err := r.meta.WriteBitmap(r.bm); err != nil {
+		return err
+	}
+	if err := r.meta.Update(func(sb *bitmap.Superblock) {
+		sb.Current, sb.Bitmap, sb.History = m.Current, 0, m.History
+		sb.Flags |= bitmap.FlagConsistent | bitmap.FlagWasUpToDate
+		sb.Flags &^= bitmap.FlagOutdated | bitmap.FlagCrashedPrimary | bitmap.FlagFullSyncNeeded
+	}); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.disk = DiskUpToDate
+	r.link.repl = ReplEstablished
+	r.link.peerDisk = DiskUpToDate
+	r.mu.Unlock()
+	r.log.Info("resync finished: UpToDate", "peer", r.peer.Name)
+	r.runHandler("after-resync-target", r.res.Handlers.AfterResyncTarget)
+	return nil
+}
+
+// teardown runs once the session is dead: it records what the peer may
+// miss, answers every waiting write, and detaches the session.
+func (s *session) teardown() {
+	r := s.r
+	// Writes the peer may not hold durably: unacked, or acked after the
+	// last barrier it acknowledged.
+	s.mu.Lock()
+	pend := s.pend
+	s.pend = map[uint64]*pending{}
+	unflushed := s.unflushed
+	s.unflushed = nil
+	barriers := s.barriers
+	s.barriers = map[uint64]chan bool{}
+	s.mu.Unlock()
+	for _, p := range pend {
+		r.bm.SetRange(p.off, p.length)
+	}
+	for _, u := range unflushed {
+		r.bm.SetRange(u.off, u.length)
+	}
+	// A Primary that loses its UpToDate peer starts a new generation
+	// before answering anything more (DRBD: only when no bitmap UUID is
+	// set, i.e. not in the middle of a resync it is the source of).
+	r.mu.Lock()
+	wasUpToDate := r.link.peerDisk == DiskUpToDate
+	primary := r.role == RolePrimary
+	r.mu.Unlock()
+	if primary && wasUpToDate && r.meta.Superblock().Bitmap == 0 {
+		if err := r.meta.Update(func(sb *bitmap.Superblock) {
+			g := NewCurrentUUID(Generation{Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History}, randomUUID())
+			sb.Current, sb.Bitmap, sb.History = g.Current, g.Bitmap, g.History
+		}); err != nil {
+			r.log.Error("new current UUID after losing the peer", "err", err)
+		}
+	}
+	r.mu.Lock()
+	r.sess.Store(nil)
+	if r.link.conn == ConnConnected {
+		r.link.conn = ConnConnecting
+	}
+	r.link.repl = ReplOff
+	r.link.peerRole = RoleUnknown
+	r.link.peerDisk = DiskDUnknown
+	if r.disk == DiskUpToDate && r.role != RolePrimary && len(r.peers) > 0 {
+		// Without the peer a Secondary only knows its data is consistent.
+		r.disk = DiskConsistent
+	}
+	r.mu.Unlock()
+	for _, p := range pend {
+		p.ok = false
+		finish(p)
+	}
+	for _, ch := range barriers {
+		ch <- false
+	}
+	s.workers.Wait()
+	r.log.Warn("peer link down", "peer", r.peer.Name, "err", s.err, "out-of-sync", r.bm.Bytes())
+}
