@@ -457,8 +457,8 @@ func buildResource(b *rbuilder, s *stmt) (*Resource, error) {
 				b.r.Net.AfterSB0Pri, b.r.Name, node, hostNames(b.r.Hosts))
 		}
 	}
-	if b.r.Net.TLS && (b.r.Net.TLSCert == "" || b.r.Net.TLSKey == "") {
-		return nil, errorf(b.where["net.tls"], "tls yes in resource %s needs tls-cert and tls-key in its net section", b.r.Name)
+	if b.r.Net.TLS && (b.r.Net.TLSCert == "" || b.r.Net.TLSKey == "" || b.r.Net.TLSCA == "") {
+		return nil, errorf(b.where["net.tls"], "tls yes in resource %s needs tls-cert, tls-key and tls-ca (the CA that signed the peer's certificate) in its net section", b.r.Name)
 	}
 	r := b.r
 	return &r, nil

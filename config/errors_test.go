@@ -73,7 +73,7 @@ func TestErrors(t *testing.T) {
 		{"bad cram", res("net { cram-hmac-alg md5; }"), `invalid cram-hmac-alg "md5" (expected sha1, sha256 or sha512)`},
 		{"bad verify-alg", res("net { verify-alg md5; }"), `invalid verify-alg "md5" (expected xxhash64, sha256 or crc32c)`},
 		{"bad yes", res("net { tls true; }"), `e.res:2:11: invalid tls "true" (expected yes or no)`},
-		{"tls without cert", res("net { tls yes; }"), `e.res:2:11: tls yes in resource r0 needs tls-cert and tls-key in its net section`},
+		{"tls without cert", res("net { tls yes; }"), `e.res:2:11: tls yes in resource r0 needs tls-cert, tls-key and tls-ca (the CA that signed the peer's certificate) in its net section`},
 		{"relative tls path", res("net { tls-ca ca.crt; }"), `invalid tls-ca "ca.crt" (expected an absolute path)`},
 		{"ping-int zero", res("net { ping-int 0; }"), `e.res:2:16: invalid ping-int "0" (expected a whole number of seconds between 1 and 120)`},
 		{"ping-int suffix", res("net { ping-int 1s; }"), `invalid ping-int "1s"`},

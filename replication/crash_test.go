@@ -10,6 +10,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/stretchr/testify/require"
+	"github.com/twinbd/twinbd/bitmap"
 	"github.com/twinbd/twinbd/device"
 )
 
@@ -142,3 +143,5 @@ func TestCrashKeepsFlushedWrites(t *testing.T) {
 		})
 	}
 }
+
+func bitmapFlagCrashedPrimary() bitmap.Flags { return bitmap.FlagCrashedPrimary }

@@ -232,3 +232,88 @@ func TestPairWrongSecretRefused(t *testing.T) {
 	require.Equal(t, "Connecting", p.b.Status().Connections[0].ConnectionState)
 	require.Nil(t, p.b.sess.Load())
 }
+
+func TestPairSplitBrainDetectedAndResolvedByOperator(t *testing.T) {
+	p := newPair(t, "")
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+
+	// Partition; both become Primary and write different data.
+	p.net.Partition("a:1", "b:1")
+	eventually(t, "both notice", func() bool { return p.a.sess.Load() == nil && p.b.sess.Load() == nil })
+	require.NoError(t, p.b.Primary(true))
+	rng := rand.New(rand.NewPCG(4, 4))
+	for i := range 20 {
+		require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), int64(i)*4096, false))
+		require.NoError(t, p.b.WriteAt(randBlock(rng, 4096), int64(i+100)*4096, false))
+	}
+	require.NoError(t, p.b.Secondary(false))
+	p.net.Heal("a:1", "b:1")
+	// Default after-sb policies disconnect: the dialer (a) goes StandAlone
+	// with the reason; nothing is synced.
+	eventually(t, "a StandAlone", func() bool { return p.a.Status().Connections[0].ConnectionState == "StandAlone" })
+	require.Contains(t, p.a.Status().Connections[0].Reason, "split brain")
+	require.NotZero(t, p.b.bm.Count(), "b's changes still recorded")
+
+	// The operator picks b as the victim.
+	require.NoError(t, p.b.Connect(true))
+	require.NoError(t, p.a.Connect(false))
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+	require.NoError(t, p.a.Flush())
+	p.sameData()
+}
+
+func TestPairSplitBrainPolicyDiscardZeroChanges(t *testing.T) {
+	p := newPair(t, "after-sb-0pri discard-zero-changes;")
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+	p.net.Partition("a:1", "b:1")
+	eventually(t, "both notice", func() bool { return p.a.sess.Load() == nil && p.b.sess.Load() == nil })
+	// a writes, b is promoted but writes nothing: b has zero changes.
+	rng := rand.New(rand.NewPCG(5, 5))
+	for i := range 10 {
+		require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), int64(i)*4096, false))
+	}
+	require.NoError(t, p.a.Secondary(false))
+	require.NoError(t, p.b.Primary(true))
+	require.NoError(t, p.b.Secondary(false))
+	p.net.Heal("a:1", "b:1")
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+	p.sameData()
+}
+
+// TestPairCrashedPrimaryALResync: a Primary dies with a write that reached
+// its own disk but not the peer. On restart the activity log marks the hot
+// extents, the crashed-primary handshake resyncs them (checksum-based, so
+// only differing runs move) and the replicas converge.
+func TestPairCrashedPrimaryALResync(t *testing.T) {
+	p := newPair(t, "")
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+	rng := rand.New(rand.NewPCG(6, 6))
+	for i := range 50 {
+		require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), int64(i)*8192, false))
+	}
+	// A write in flight: on a's disk, never sent (the process died first).
+	release, err := p.a.al.Begin(4096, 4096)
+	require.NoError(t, err)
+	require.NoError(t, p.a.local.WriteAt(randBlock(rng, 4096), 4096, false))
+	release()
+	p.a.abandon()
+	p.a = nil
+	eventually(t, "b notices", func() bool { return p.b.sess.Load() == nil })
+
+	p.a = p.up("a")
+	require.True(t, p.a.meta.Superblock().Flags&bitmapFlagCrashedPrimary() != 0)
+	require.NotZero(t, p.a.bm.Count(), "activity-log extents marked out of sync")
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+	// Checksums: far less than the marked extents went over the wire.
+	require.Less(t, p.a.link.resyncWire.Load(), int64(1<<20))
+	p.sameData()
+}

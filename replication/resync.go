@@ -79,8 +79,12 @@ func (s *session) resync() {
 			cursor = 0
 			continue
 		}
+		chunk := int64(resyncChunk)
+		if s.csums {
+			chunk = csumsChunk // finer: only the runs that differ move
+		}
 		n := int64(1)
-		for n*gran < resyncChunk && bit+n < r.bm.Len() && r.bm.TestBit(bit+n) {
+		for n*gran < chunk && bit+n < r.bm.Len() && r.bm.TestBit(bit+n) {
 			n++
 		}
 		cursor = bit + n

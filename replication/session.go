@@ -55,9 +55,10 @@ import (
 
 // Session limits.
 const (
-	maxApplyWorkers = 128     // concurrent writes applied on the Secondary
-	resyncChunk     = 1 << 20 // bytes per ResyncData at most
-	resyncWindow    = 8       // resync requests in flight
+	maxApplyWorkers = 128      // concurrent writes applied on the Secondary
+	resyncChunk     = 1 << 20  // bytes per ResyncData at most
+	csumsChunk      = 64 << 10 // bytes per checksum in a csums resync
+	resyncWindow    = 8        // resync requests in flight
 	stateTimeout    = 30 * time.Second
 )
 

@@ -501,7 +501,8 @@ func validRange(off, length int64) bool {
 }
 
 // HelloMsg opens a connection. Challenge is random; the peer answers with
-// an AuthMsg holding HMAC(shared secret, Challenge).
+// an AuthMsg whose HMAC binds both challenges, its node-id and the
+// resource (see Authenticate in linkauth.go).
 type HelloMsg struct {
 	Version   uint16
 	Resource  string
