@@ -29,9 +29,7 @@ import (
 )
 
 func (s *session) writeDataSeq(seq uint64, m Message) error {
-	s.dataMu.Lock()
-	defer s.dataMu.Unlock()
-	if err := WriteMessage(s.data, seq, m); err != nil {
+	if err := s.dw.send(seq, m); err != nil {
 		s.fail(fmt.Errorf("data channel: %w", err))
 		return err
 	}

@@ -78,8 +78,7 @@ type pending struct {
 type session struct {
 	r          *Resource
 	data, meta net.Conn
-	dataMu     sync.Mutex // serializes frames on data
-	metaMu     sync.Mutex // serializes frames on meta
+	dw, mw     *frameWriter // frames on data and meta
 	proto      byte
 
 	seq atomic.Uint64
@@ -114,6 +113,7 @@ func newSession(r *Resource, data, meta net.Conn) *session {
 	}
 	return &session{
 		r: r, data: data, meta: meta, proto: p,
+		dw: newFrameWriter(data, 256<<10), mw: newFrameWriter(meta, 16<<10),
 		pend: map[uint64]*pending{}, barriers: map[uint64]chan bool{}, epochEnd: map[uint64]int{},
 		deadCh: make(chan struct{}), finished: make(chan struct{}),
 		sem: make(chan struct{}, maxApplyWorkers), resyncWake: make(chan struct{}, 1),
@@ -144,9 +144,7 @@ func (s *session) isDead() bool {
 }
 
 func (s *session) sendMeta(m Message) error {
-	s.metaMu.Lock()
-	defer s.metaMu.Unlock()
-	if err := WriteMessage(s.meta, 0, m); err != nil {
+	if err := s.mw.send(0, m); err != nil {
 		s.fail(fmt.Errorf("meta channel: %w", err))
 		return err
 	}
@@ -154,9 +152,7 @@ func (s *session) sendMeta(m Message) error {
 }
 
 func (s *session) writeData(m Message) error {
-	s.dataMu.Lock()
-	defer s.dataMu.Unlock()
-	if err := WriteMessage(s.data, 0, m); err != nil {
+	if err := s.dw.send(0, m); err != nil {
 		s.fail(fmt.Errorf("data channel: %w", err))
 		return err
 	}
@@ -501,9 +497,7 @@ func (s *session) exchangeBitmaps() error {
 			end := min(at+MaxBitmapChunkWords/4, len(words))
 			m := &BitmapChunkMsg{Offset: int64(at) * 64, Words: uint32(end - at), Last: end == len(words),
 				Payload: EncodeBitmapRuns(words[at:end])}
-			s.dataMu.Lock()
-			err := WriteMessage(s.data, 0, m)
-			s.dataMu.Unlock()
+			err := s.dw.send(0, m)
 			if err != nil || m.Last {
 				errc <- err
 				return
@@ -706,13 +700,22 @@ func (s *session) apply(fseq uint64, m Message) error {
 		if err := r.checkPeerRange(m.Offset, m.Length); err != nil {
 			return err
 		}
-		p, err := DecodeResyncPayload(m, nil)
-		if err != nil {
-			return err
+		var p []byte
+		if m.Flags&ResyncZero == 0 {
+			var err error
+			if p, err = DecodeResyncPayload(m, nil); err != nil {
+				return err
+			}
 		}
 		off, length = m.Offset, m.Length
 		work = func() error {
-			if err := r.local.WriteAt(p, m.Offset, false); err != nil {
+			var err error
+			if p == nil {
+				err = r.local.WriteZeroes(m.Offset, m.Length, false, false) // may punch a hole
+			} else {
+				err = r.local.WriteAt(p, m.Offset, false)
+			}
+			if err != nil {
 				return err
 			}
 			r.bm.ClearRange(m.Offset, m.Length)
@@ -743,10 +746,8 @@ func (s *session) apply(fseq uint64, m Message) error {
 			return nil
 		}
 		ack = func(err error) {
-			s.metaMu.Lock()
-			defer s.metaMu.Unlock()
 			reply := &ChecksumReplyMsg{Offset: m.Offset, Length: m.Length, Same: same && err == nil}
-			if werr := WriteMessage(s.meta, seq, reply); werr != nil {
+			if werr := s.mw.send(seq, reply); werr != nil {
 				go s.fail(werr)
 			}
 		}
