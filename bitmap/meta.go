@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/twinbd/twinbd/device"
 )
@@ -27,6 +28,8 @@ type Meta struct {
 	mu     sync.Mutex // guards sb and newest; never held across I/O
 	sb     Superblock
 	newest int // slot holding sb
+
+	bmWrites atomic.Int64
 }
 
 // Create writes fresh metadata for lay on md: superblock slot 0 from sb
@@ -283,6 +286,7 @@ func (m *Meta) WriteBitmap(b *Bitmap) error {
 	}
 	buf := make([]byte, m.lay.BitmapSize)
 	copy(buf, words)
+	m.bmWrites.Add(1)
 	if _, err := m.md.WriteAt(buf, m.lay.BitmapOffset); err != nil {
 		return fmt.Errorf("bitmap: write bitmap at %d: %w", m.lay.BitmapOffset, err)
 	}
@@ -318,6 +322,7 @@ func (m *Meta) WriteBitmapRange(b *Bitmap, off, length int64) error {
 	if from < int64(len(words)) {
 		copy(buf, words[from:min(to, int64(len(words)))])
 	}
+	m.bmWrites.Add(1)
 	if _, err := m.md.WriteAt(buf, m.lay.BitmapOffset+from); err != nil {
 		return fmt.Errorf("bitmap: write bitmap range at %d: %w", m.lay.BitmapOffset+from, err)
 	}
@@ -326,3 +331,6 @@ func (m *Meta) WriteBitmapRange(b *Bitmap, off, length int64) error {
 	}
 	return nil
 }
+
+// BitmapWrites counts bitmap-area writes (whole or partial) since Open.
+func (m *Meta) BitmapWrites() int64 { return m.bmWrites.Load() }

@@ -477,3 +477,25 @@ func TestMetaConcurrent(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, sb, m2.Superblock())
 }
+
+// WriteBitmapRange writes the blocks holding a range's bits and only those.
+func TestWriteBitmapRange(t *testing.T) {
+	_, lay, m := newMeta(t, 1<<30)
+	b, err := New(lay.DataSize, lay.Granularity)
+	require.NoError(t, err)
+	b.SetRange(0, 4096)                 // bit 0, first bitmap block
+	b.SetRange(lay.DataSize-4096, 4096) // last bit, last bitmap block
+	b.SetRange(64<<20, 8<<20)           // an extent in the middle
+	require.NoError(t, m.WriteBitmapRange(b, 512<<20, 4<<20))
+	got, err := m.ReadBitmap()
+	require.NoError(t, err)
+	// Only the middle range's block was written.
+	require.False(t, got.Test(0))
+	require.False(t, got.Test(lay.DataSize-4096))
+	require.Equal(t, int64(2048), got.CountRange(512<<20, 8<<20)) // its 4 KiB block holds all 8 MiB
+	require.NoError(t, m.WriteBitmapRange(b, 0, lay.DataSize))
+	got, err = m.ReadBitmap()
+	require.NoError(t, err)
+	require.Equal(t, b.Count(), got.Count())
+	require.Equal(t, int64(2), m.BitmapWrites())
+}

@@ -65,9 +65,11 @@ type PeerDeviceStatus struct {
 	Pending          int64   `json:"pending"`
 	Unacked          int64   `json:"unacked"`
 	PercentInSync    float64 `json:"percent-in-sync"`
-	// During a resync (drbdsetup's keys): percent done and seconds left.
-	DonePercent float64 `json:"done,omitempty"`
-	ETA         int64   `json:"eta,omitempty"`
+	// While syncing (and verifying), drbdsetup's keys: the amount to
+	// sync when it started (KiB), percent done and seconds left.
+	RSTotal     int64   `json:"rs-total,omitempty"`
+	DonePercent float64 `json:"percent-resync-done,omitempty"`
+	ETA         int64   `json:"estimated-seconds-to-finish,omitempty"`
 }
 
 // Status returns the current status.
@@ -88,6 +90,10 @@ func (r *Resource) Status() Status {
 			UpperPending: pending, LowerPending: pending,
 		}},
 		Connections: []ConnectionStatus{},
+	}
+	st.Devices[0].BMWrites = r.meta.BitmapWrites()
+	if r.al != nil {
+		st.Devices[0].ALWrites = r.al.Stats()
 	}
 	for _, p := range r.peers {
 		st.Connections = append(st.Connections, r.connStatus(p))
@@ -127,6 +133,10 @@ func (r *Resource) connStatus(p *config.Host) ConnectionStatus {
 				left = total - r.link.verifyDone.Load()
 			}
 			done := float64(total-left) / float64(total)
+			pd.RSTotal = total * r.bm.Granularity() / 1024
+			if repl == ReplVerifyS {
+				pd.RSTotal = r.size / 1024
+			}
 			pd.DonePercent = float64(int64(done*1000)) / 10
 			if done > 0 {
 				el := time.Since(start).Seconds()
