@@ -97,7 +97,8 @@ type session struct {
 	workers  sync.WaitGroup
 	sem      chan struct{}
 
-	lastRecv atomic.Int64 // unix nanos of the last meta frame
+	lastRecv     atomic.Int64 // unix nanos of the last meta frame
+	peerUpToDate atomic.Bool  // the peer's disk is UpToDate (last state seen)
 
 	// resync state (source)
 	syncing    atomic.Bool
@@ -475,6 +476,7 @@ func (s *session) handshake() (SyncKind, error) {
 	r.link.repl = repl
 	r.link.peerRole = Role(theirs.Role)
 	r.link.peerDisk = peerDisk
+	s.peerUpToDate.Store(peerDisk == DiskUpToDate)
 	r.link.syncTotal = r.bm.Count()
 	r.link.syncStart = time.Now()
 	r.link.syncedBytes.Store(0)
@@ -579,6 +581,7 @@ func (s *session) readMeta() {
 		case *BarrierAckMsg:
 			s.barrierAck(m.Epoch)
 		case *StateMsg:
+			s.peerUpToDate.Store(DiskState(m.Disk) == DiskUpToDate)
 			r.mu.Lock()
 			r.link.peerRole = Role(m.Role)
 			r.link.peerDisk = DiskState(m.Disk)
@@ -866,11 +869,9 @@ func (s *session) teardown() {
 	// A Primary that loses its UpToDate peer starts a new generation
 	// before answering anything more (DRBD: only when no bitmap UUID is
 	// set, i.e. not in the middle of a resync it is the source of).
-	r.mu.Lock()
-	wasUpToDate := r.link.peerDisk == DiskUpToDate
-	primary := r.role == RolePrimary
-	r.mu.Unlock()
-	if primary && wasUpToDate && r.meta.Superblock().Bitmap == 0 {
+	// No r.mu until the waiting writes are answered: a demotion holding
+	// r.mu may be draining exactly those writes.
+	if r.writable.Load() && s.peerUpToDate.Load() && r.meta.Superblock().Bitmap == 0 {
 		if err := r.meta.Update(func(sb *bitmap.Superblock) {
 			g := NewCurrentUUID(Generation{Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History}, randomUUID())
 			sb.Current, sb.Bitmap, sb.History = g.Current, g.Bitmap, g.History
@@ -878,8 +879,15 @@ func (s *session) teardown() {
 			r.log.Error("new current UUID after losing the peer", "err", err)
 		}
 	}
-	r.mu.Lock()
 	r.sess.Store(nil)
+	for _, p := range pend {
+		p.ok = false
+		finish(p)
+	}
+	for _, ch := range barriers {
+		ch <- false
+	}
+	r.mu.Lock()
 	if r.link.conn == ConnConnected {
 		r.link.conn = ConnConnecting
 	}
@@ -891,13 +899,6 @@ func (s *session) teardown() {
 		r.disk = DiskConsistent
 	}
 	r.mu.Unlock()
-	for _, p := range pend {
-		p.ok = false
-		finish(p)
-	}
-	for _, ch := range barriers {
-		ch <- false
-	}
 	s.workers.Wait()
 	r.log.Warn("peer link down", "peer", r.peer.Name, "err", s.err, "out-of-sync", r.bm.Bytes())
 }
