@@ -317,3 +317,17 @@ func TestPairCrashedPrimaryALResync(t *testing.T) {
 	require.Less(t, p.a.link.resyncWire.Load(), int64(1<<20))
 	p.sameData()
 }
+
+func TestPairSizeMismatchRefused(t *testing.T) {
+	p := newPair(t, "")
+	eventually(t, "connected", func() bool { return p.a.sess.Load() != nil })
+	require.NoError(t, p.b.Down(true))
+	p.b = nil
+	require.NoError(t, os.Truncate(p.imgB, pairSize*2))
+	_, err := CreateMetadata(p.res, "b", true)
+	require.NoError(t, err)
+	p.b = p.up("b")
+	eventually(t, "a StandAlone", func() bool { return p.a.Status().Connections[0].ConnectionState == "StandAlone" })
+	require.Contains(t, p.a.Status().Connections[0].Reason, "size mismatch")
+	require.Nil(t, p.b.sess.Load())
+}

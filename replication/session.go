@@ -117,7 +117,7 @@ func newSession(r *Resource, data, meta net.Conn) *session {
 		dw: newFrameWriter(data, 256<<10), mw: newFrameWriter(meta, 16<<10),
 		pend: map[uint64]*pending{}, barriers: map[uint64]chan bool{}, epochEnd: map[uint64]int{},
 		deadCh: make(chan struct{}), finished: make(chan struct{}),
-		sem: make(chan struct{}, maxApplyWorkers), resyncWake: make(chan struct{}, 1),
+		sem: make(chan struct{}, r.applyLimit()), resyncWake: make(chan struct{}, 1),
 	}
 }
 
@@ -346,7 +346,7 @@ func readMsg(c net.Conn, want MsgType) (Message, error) {
 // refuse tells the peer why (best effort) and returns a StandAlone error.
 func (s *session) refuse(format string, args ...any) error {
 	reason := fmt.Sprintf(format, args...)
-	s.sendMeta(&DisconnectMsg{Reason: reason})
+	s.mw.send(0, &DisconnectMsg{Reason: reason})
 	return standAlone("%s", reason)
 }
 
@@ -358,10 +358,13 @@ func (s *session) handshake() (SyncKind, error) {
 	s.data.SetDeadline(dl)
 	s.meta.SetDeadline(dl)
 	mine := r.myState(0)
-	if err := s.sendMeta(mine); err != nil {
-		return 0, err
-	}
+	// A send error is not final yet: the peer may have refused and closed
+	// already, and its Disconnect (with the reason) is still to be read.
+	sendErr := s.mw.send(0, mine)
 	m, err := readMsg(s.meta, MsgState)
+	if err == nil && sendErr != nil {
+		err = sendErr
+	}
 	if err != nil {
 		return 0, fmt.Errorf("state exchange: %w", err)
 	}
@@ -901,4 +904,14 @@ func (s *session) teardown() {
 	r.mu.Unlock()
 	s.workers.Wait()
 	r.log.Warn("peer link down", "peer", r.peer.Name, "err", s.err, "out-of-sync", r.bm.Bytes())
+}
+
+// applyLimit bounds the writes the Secondary applies at once (DRBD's
+// max-buffers): beyond it the data channel is not read, and TCP pushes back
+// on the Primary.
+func (r *Resource) applyLimit() int {
+	if n := r.res.Net.MaxBuffers; n > 0 && n < maxApplyWorkers {
+		return n
+	}
+	return maxApplyWorkers
 }
