@@ -311,8 +311,11 @@ func TestPairCrashedPrimaryALResync(t *testing.T) {
 	p.a = p.up("a")
 	require.True(t, p.a.meta.Superblock().Flags&bitmapFlagCrashedPrimary() != 0)
 	require.NotZero(t, p.a.bm.Count(), "activity-log extents marked out of sync")
+	require.Equal(t, DiskConsistent, p.a.DiskState())
 	p.waitSynced(p.a)
 	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+	require.Equal(t, DiskUpToDate, p.a.DiskState(), "the sync source is UpToDate")
+	require.NoError(t, p.a.Primary(false), "and may be promoted without --force")
 	// Checksums: far less than the marked extents went over the wire.
 	require.Less(t, p.a.link.resyncWire.Load(), int64(1<<20))
 	p.sameData()

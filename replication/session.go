@@ -443,6 +443,13 @@ func (s *session) handshake() (SyncKind, error) {
 		if err := r.meta.WriteBitmap(r.bm); err != nil {
 			return 0, err
 		}
+		// The source holds the newest data by the sync decision: a
+		// Consistent or Outdated source is UpToDate from here on.
+		if me.Disk != DiskUpToDate {
+			if err := r.markUpToDate(); err != nil {
+				return 0, err
+			}
+		}
 		peerDisk = DiskInconsistent
 		s.csums = peer.CrashedPrimary || me.CrashedPrimary || r.res.Net.CsumsAlg != ""
 	case kind == NoSync:
