@@ -94,8 +94,13 @@ type session struct {
 
 	deadCh   chan struct{}
 	finished chan struct{} // closed after teardown
-	workers  sync.WaitGroup
-	sem      chan struct{}
+
+	// Secondary: writes applied in the current epoch, and the previous
+	// barrier's completion (barrier acks go out in order). Receiver only.
+	epochWG     *sync.WaitGroup
+	lastBarrier chan struct{}
+	workers     sync.WaitGroup
+	sem         chan struct{}
 
 	lastRecv     atomic.Int64 // unix nanos of the last meta frame
 	peerUpToDate atomic.Bool  // the peer's disk is UpToDate (last state seen)
@@ -118,6 +123,7 @@ func newSession(r *Resource, data, meta net.Conn) *session {
 		pend: map[uint64]*pending{}, barriers: map[uint64]chan bool{}, epochEnd: map[uint64]int{},
 		deadCh: make(chan struct{}), finished: make(chan struct{}),
 		sem: make(chan struct{}, r.applyLimit()), resyncWake: make(chan struct{}, 1),
+		epochWG: new(sync.WaitGroup),
 	}
 }
 
@@ -765,16 +771,27 @@ func (s *session) apply(fseq uint64, m Message) error {
 			}
 		}
 	case *BarrierMsg:
-		off, length = 0, math.MaxInt64
-		work = func() error { return r.data.Flush() }
-		ack = func(err error) {
-			if err != nil {
+		// Everything received before the barrier (this epoch's writes)
+		// completes, then one fdatasync, then the ack, in epoch order.
+		// Later writes do not wait for it: they are the next epoch.
+		wg, prev, done := s.epochWG, s.lastBarrier, make(chan struct{})
+		s.epochWG, s.lastBarrier = new(sync.WaitGroup), done
+		s.workers.Go(func() {
+			defer close(done)
+			wg.Wait()
+			if prev != nil {
+				<-prev
+			}
+			if err := r.data.Flush(); err != nil {
 				r.log.Error("flush for the peer's barrier failed", "err", err)
-				go s.fail(fmt.Errorf("barrier: flush: %w", err))
+				s.fail(fmt.Errorf("barrier: flush: %w", err))
 				return
 			}
-			s.sendMeta(&BarrierAckMsg{Epoch: m.Epoch})
-		}
+			if !s.isDead() {
+				s.sendMeta(&BarrierAckMsg{Epoch: m.Epoch})
+			}
+		})
+		return nil
 	case *StateMsg:
 		if m.Flags&StateResyncDone == 0 {
 			return fmt.Errorf("%w: State on the data channel without resync-done", ErrMalformed)
@@ -798,7 +815,10 @@ func (s *session) apply(fseq uint64, m Message) error {
 		unlock()
 		return nil
 	}
+	epoch := s.epochWG
+	epoch.Add(1)
 	s.workers.Go(func() {
+		defer epoch.Done()
 		defer func() { <-s.sem }()
 		<-granted
 		err := work()
