@@ -62,6 +62,32 @@ func (w *frameWriter) send(seq uint64, m Message) error {
 	return w.err
 }
 
+// queue writes m into the buffer without flushing (unless the buffer
+// fills). The caller owes a flush: the Secondary's receiver queues acks
+// while more input is buffered and flushes before it waits for the network.
+func (w *frameWriter) queue(seq uint64, m Message) error {
+	p, err := m.AppendBinary(nil)
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err == nil {
+		w.err = writeFrameParts(w.bw, m.Type(), seq, nil, p)
+	}
+	return w.err
+}
+
+// flush writes out whatever is buffered.
+func (w *frameWriter) flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err == nil && w.bw.Buffered() > 0 {
+		w.err = w.bw.Flush()
+	}
+	return w.err
+}
+
 // writeFrameParts writes one frame whose payload is head followed by
 // payload (the same bytes WriteFrame would write for their concatenation).
 func writeFrameParts(w io.Writer, t MsgType, seq uint64, head, payload []byte) error {

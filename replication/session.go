@@ -643,6 +643,14 @@ func (s *session) readData() {
 	r := s.r
 	br := bufio.NewReaderSize(s.data, 256<<10)
 	for {
+		if br.Buffered() == 0 {
+			// About to wait for the network: send the acks queued for
+			// writes applied inline.
+			if err := s.mw.flush(); err != nil {
+				s.fail(fmt.Errorf("meta channel: %w", err))
+				return
+			}
+		}
 		f, _, err := ReadFrame(br, nil) // each payload is owned by its worker
 		if err != nil {
 			if !s.isDead() {
@@ -672,13 +680,20 @@ func (s *session) apply(fseq uint64, m Message) error {
 		work        func() error
 		ack         func(error)
 	)
+	inline := false // applied by the receiver itself; acks are queued
 	writeAck := func(seq uint64) func(error) {
 		return func(err error) {
+			var m Message = &WriteAckMsg{Seq: seq}
 			if err != nil {
-				s.sendMeta(&NegAckMsg{Seq: seq, Errno: errnoOf(err)})
+				m = &NegAckMsg{Seq: seq, Errno: errnoOf(err)}
+			}
+			if inline {
+				if err := s.mw.queue(0, m); err != nil {
+					go s.fail(fmt.Errorf("meta channel: %w", err))
+				}
 				return
 			}
-			s.sendMeta(&WriteAckMsg{Seq: seq})
+			s.sendMeta(m)
 		}
 	}
 	switch m := m.(type) {
@@ -690,10 +705,14 @@ func (s *session) apply(fseq uint64, m Message) error {
 			return err
 		}
 		if s.proto == 'B' {
-			if err := s.sendMeta(&RecvAckMsg{Seq: m.Seq}); err != nil {
+			if err := s.mw.queue(0, &RecvAckMsg{Seq: m.Seq}); err != nil {
 				return err
 			}
 		}
+		// Plain writes go to the page cache and ext4 serializes them on
+		// the inode anyway: applying them here saves a goroutine hand-off
+		// per write. FUA writes wait for the disk and go to workers.
+		inline = m.Flags&DataFUA == 0
 		off, length = m.Offset, int64(len(m.Payload))
 		work = func() error {
 			err := r.local.WriteAt(m.Payload, m.Offset, m.Flags&DataFUA != 0)
@@ -809,6 +828,20 @@ func (s *session) apply(fseq uint64, m Message) error {
 		return fmt.Errorf("%w: unexpected %v on the data channel", ErrMalformed, m.Type())
 	}
 	granted, unlock := r.lock.Enqueue(off, length)
+	if inline {
+		select {
+		case <-granted:
+			err := work()
+			unlock()
+			if err != nil {
+				r.log.Error("applying peer data failed", "type", m.Type(), "off", off, "err", err)
+			}
+			ack(err)
+			return nil
+		default:
+			inline = false // waits behind an overlapping write: a worker
+		}
+	}
 	select {
 	case s.sem <- struct{}{}:
 	case <-s.deadCh:
