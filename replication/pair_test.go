@@ -334,3 +334,62 @@ func TestPairSizeMismatchRefused(t *testing.T) {
 	require.Contains(t, p.a.Status().Connections[0].Reason, "size mismatch")
 	require.Nil(t, p.b.sess.Load())
 }
+
+// Application writes continue during a (rate-limited) resync and never
+// race the resync data: the replicas end identical.
+func TestPairWritesDuringResync(t *testing.T) {
+	p := newPair(t, "")
+	p.res.Disk.ResyncRate = 8 << 20 // ~2 s for the 16 MiB device
+	rng := rand.New(rand.NewPCG(7, 7))
+	require.NoError(t, p.a.Primary(true))
+	// Fill a first so the full sync carries data, not zero records.
+	for off := int64(0); off+65536 <= p.a.Size(); off += 65536 {
+		require.NoError(t, p.a.WriteAt(randBlock(rng, 65536), off, false))
+	}
+	require.NoError(t, p.b.Invalidate())
+	eventually(t, "resync running", func() bool { return p.a.ReplState() == ReplSyncSource })
+	for p.a.ReplState() == ReplSyncSource {
+		off := int64(rng.IntN(int(p.a.Size()/4096)-4)) * 4096
+		require.NoError(t, p.a.WriteAt(randBlock(rng, 4096*(1+rng.IntN(4))), off, false))
+	}
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+	require.NoError(t, p.a.Flush())
+	p.sameData()
+}
+
+// Online verify finds a block that differs behind twinbd's back, marks it
+// on both nodes, and a Primary's disconnect/connect resyncs it.
+func TestPairVerify(t *testing.T) {
+	p := newPair(t, "")
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+	rng := rand.New(rand.NewPCG(8, 8))
+	for i := range 64 {
+		require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), int64(i)*65536, false))
+	}
+	require.NoError(t, p.a.Flush())
+	res, err := p.a.Verify()
+	require.NoError(t, err)
+	require.Equal(t, p.a.Size(), res.Checked)
+	require.Zero(t, res.OutOfSync)
+
+	// Corrupt one block on b's disk directly.
+	f, err := os.OpenFile(p.imgB, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt([]byte("bit rot"), 3*65536+100)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	res, err = p.a.Verify()
+	require.NoError(t, err)
+	require.Equal(t, int64(verifyChunk), res.OutOfSync)
+	require.Equal(t, int64(verifyChunk/4096), p.a.bm.Count())
+	eventually(t, "b marks it too", func() bool { return p.b.bm.Count() == verifyChunk/4096 })
+
+	require.NoError(t, p.a.Disconnect())
+	require.NoError(t, p.a.Connect(false))
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+	p.sameData()
+}
