@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -392,4 +393,36 @@ func TestPairVerify(t *testing.T) {
 	p.waitSynced(p.a)
 	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
 	p.sameData()
+}
+
+// A pair with TLS on the link replicates; a node whose certificate is from
+// another CA is refused.
+func TestPairTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca := newAuthTestCA(t, dir, "ca")
+	n := ca.leaf(t, dir, "node", ca.file)
+	p := newPair(t, fmt.Sprintf("tls yes; tls-cert %s; tls-key %s; tls-ca %s;", n.TLSCert, n.TLSKey, n.TLSCA))
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	rng := rand.New(rand.NewPCG(9, 9))
+	for i := range 32 {
+		require.NoError(t, p.a.WriteAt(randBlock(rng, 8192), int64(i)*65536, false))
+	}
+	require.NoError(t, p.a.Flush())
+	p.sameData()
+
+	// a comes back with a certificate from another CA.
+	require.NoError(t, p.a.Down(true))
+	p.a = nil
+	other := newAuthTestCA(t, dir, "other")
+	on := other.leaf(t, dir, "intruder", other.file)
+	bad := *p.res
+	bad.Net.TLSCert, bad.Net.TLSKey = on.TLSCert, on.TLSKey
+	r, err := Up(Options{Res: &bad, Node: "a", Transport: p.net.Transport("a:1", "b:1")})
+	require.NoError(t, err)
+	p.a = r
+	eventually(t, "b refuses it", func() bool {
+		return strings.Contains(p.b.Status().Connections[0].Reason, "certificate")
+	})
+	require.Nil(t, p.b.sess.Load())
 }
