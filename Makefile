@@ -30,8 +30,9 @@ lint:
 # Side-by-side benchmarks (twinbd vs nbdkit, fio nbd engine). Not a test: numbers, not pass/fail.
 bench: deps build
 	scripts/bench.sh
+	scripts/bench-repl.sh
 
-# A demo pair on loopback (nothing external).
+# A replicated pair on loopback: two daemons, initial sync, writes through NBD, verify (nothing external).
 demo: build
 	scripts/demo.sh
 

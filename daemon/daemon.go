@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twinbd/twinbd/config"
@@ -33,7 +34,23 @@ type Daemon struct {
 
 	mu        sync.Mutex // guards resources
 	resources map[string]*replication.Resource
+
+	// Handlers run on handlerCtx (cancelled at shutdown once they had
+	// handlerGrace to finish); handlers counts the running ones.
+	handlerCtx     context.Context
+	stopHandlers   context.CancelFunc
+	handlers       sync.WaitGroup
+	handlerMu      sync.Mutex // guards handlersClosed against handlers.Add
+	handlersClosed bool
+	handlerTimeout time.Duration
 }
+
+// HandlerTimeout bounds one `handlers { }` command; a handler still running
+// then is killed with its process group.
+const HandlerTimeout = 5 * time.Minute
+
+// handlerGrace is how long shutdown waits for running handlers.
+const handlerGrace = 10 * time.Second
 
 // New returns a daemon; Run starts it.
 func New(opts Options) *Daemon {
@@ -41,7 +58,11 @@ func New(opts Options) *Daemon {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Daemon{opts: opts, log: log.With("node", opts.Node), resources: map[string]*replication.Resource{}}
+	hctx, stop := context.WithCancel(context.Background())
+	return &Daemon{
+		opts: opts, log: log.With("node", opts.Node), resources: map[string]*replication.Resource{},
+		handlerCtx: hctx, stopHandlers: stop, handlerTimeout: HandlerTimeout,
+	}
 }
 
 // Run serves the control socket until ctx is done, then brings every
@@ -86,7 +107,25 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("shutting down")
 	d.downAll()
 	wg.Wait()
+	d.waitHandlers()
 	return nil
+}
+
+// waitHandlers gives running handlers handlerGrace, then kills them.
+func (d *Daemon) waitHandlers() {
+	d.handlerMu.Lock()
+	d.handlersClosed = true
+	d.handlerMu.Unlock()
+	done := make(chan struct{})
+	go func() { d.handlers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(handlerGrace):
+		d.log.Warn("handlers still running at shutdown: killing them")
+		d.stopHandlers()
+		<-done
+	}
+	d.stopHandlers()
 }
 
 // listen creates the root-only control socket, refusing to start a second
@@ -172,6 +211,34 @@ func (d *Daemon) handle(ctx context.Context, req Request) Response {
 			}
 			return strings.Join(out, "\n") + "\n", nil
 		})
+	case "connect":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.Connect(req.DiscardMyData) })
+	case "disconnect":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.Disconnect() })
+	case "invalidate":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.Invalidate() })
+	case "invalidate-remote":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.InvalidateRemote() })
+	case "outdate":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.Outdate() })
+	case "verify":
+		var results []VerifyResult
+		resp := d.forEach(req.Resource, func(r *replication.Resource) (string, error) {
+			v, err := r.Verify()
+			if err != nil {
+				return "", err
+			}
+			results = append(results, VerifyResult{Resource: r.Name(), Checked: v.Checked, OutOfSync: v.OutOfSync, Took: v.Took})
+			if v.OutOfSync == 0 {
+				return fmt.Sprintf("%s: verified %d KiB in %v: 0 KiB out of sync\n", r.Name(), v.Checked/1024, v.Took.Round(time.Millisecond)), nil
+			}
+			return fmt.Sprintf("%s: verified %d KiB in %v: %d KiB out of sync (marked; `twinbd disconnect %s; twinbd connect %s` on the Primary resyncs them)\n",
+				r.Name(), v.Checked/1024, v.Took.Round(time.Millisecond), v.OutOfSync/1024, r.Name(), r.Name()), nil
+		})
+		resp.Verify = results
+		return resp
+	case "wait-connect", "wait-sync":
+		return d.wait(ctx, req)
 	case "status":
 		var resp Response
 		if req.Resource == "" || req.Resource == "all" {
@@ -226,10 +293,20 @@ func (d *Daemon) forEach(name string, fn func(*replication.Resource) (string, er
 		out, err := fn(r)
 		resp.Output += out
 		if err != nil && resp.Code == CodeOK {
-			resp.Code, resp.Error = codeFor(err), fmt.Sprintf("%s: %v", r.Name(), err)
+			resp.Code, resp.Error = codeFor(err), withHint(r.Name(), err)
 		}
 	}
 	return resp
+}
+
+// withHint is the error line for resource name, with what to do where the
+// error itself does not say.
+func withHint(name string, err error) string {
+	msg := fmt.Sprintf("%s: %v", name, err)
+	if errors.Is(err, replication.ErrNotConnected) && !strings.Contains(msg, "twinbd connect") {
+		msg += fmt.Sprintf("; `twinbd status %s` shows the connection state and why it is not Connected (`twinbd connect %s` leaves StandAlone)", name, name)
+	}
+	return msg
 }
 
 func codeFor(err error) int {
@@ -238,6 +315,10 @@ func codeFor(err error) int {
 		return CodeNoUpToDate
 	case errors.Is(err, replication.ErrInUse):
 		return CodeStateFail
+	case errors.Is(err, replication.ErrNotConnected):
+		return CodeNotConnected
+	case errors.Is(err, errWaitTimeout):
+		return CodeTimeout
 	case errors.Is(err, replication.ErrDown), errors.Is(err, config.ErrNoResource), errors.Is(err, config.ErrNoHost):
 		return CodeNoResource
 	}
@@ -271,10 +352,12 @@ func (d *Daemon) up(name string) Response {
 		if _, ok := d.resources[rc.Name]; ok {
 			continue
 		}
-		r, err := replication.Up(replication.Options{Res: rc, Node: d.opts.Node, Logger: d.log})
+		var self atomic.Pointer[replication.Resource]
+		r, err := replication.Up(replication.Options{Res: rc, Node: d.opts.Node, Logger: d.log, Handler: d.handlerFor(rc, &self)})
 		if err != nil {
 			return Response{Code: codeFor(err), Error: fmt.Sprintf("%s: %v", rc.Name, err)}
 		}
+		self.Store(r)
 		d.resources[rc.Name] = r
 	}
 	return Response{}

@@ -7,7 +7,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +26,15 @@ type testPair struct {
 	imgA, imgB string
 	a, b       *Resource
 	devs       map[string]device.Device // injected disks, by node
+
+	hmu      sync.Mutex
+	handlers []string // "node:handler" calls, in order
+}
+
+func (p *testPair) called(node, handler string) bool {
+	p.hmu.Lock()
+	defer p.hmu.Unlock()
+	return slices.Contains(p.handlers, node+":"+handler)
 }
 
 const pairSize = 16 << 20
@@ -70,7 +81,12 @@ func newPairOn(t *testing.T, netExtra string, devs map[string]device.Device) *te
 
 func (p *testPair) up(node string) *Resource {
 	peer := map[string]string{"a": "b:1", "b": "a:1"}[node]
-	r, err := Up(Options{Res: p.res, Node: node, Transport: p.net.Transport(node+":1", peer), Disk: p.devs[node]})
+	r, err := Up(Options{Res: p.res, Node: node, Transport: p.net.Transport(node+":1", peer), Disk: p.devs[node],
+		Handler: func(name, _ string) {
+			p.hmu.Lock()
+			p.handlers = append(p.handlers, node+":"+name)
+			p.hmu.Unlock()
+		}})
 	require.NoError(p.t, err)
 	return r
 }
@@ -235,7 +251,7 @@ func TestPairWrongSecretRefused(t *testing.T) {
 }
 
 func TestPairSplitBrainDetectedAndResolvedByOperator(t *testing.T) {
-	p := newPair(t, "")
+	p := newPair(t, `} handlers { split-brain "true";`) // closes net, opens handlers
 	require.NoError(t, p.a.Primary(true))
 	p.waitSynced(p.a)
 	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
@@ -255,6 +271,7 @@ func TestPairSplitBrainDetectedAndResolvedByOperator(t *testing.T) {
 	// with the reason; nothing is synced.
 	eventually(t, "a StandAlone", func() bool { return p.a.Status().Connections[0].ConnectionState == "StandAlone" })
 	require.Contains(t, p.a.Status().Connections[0].Reason, "split brain")
+	require.True(t, p.called("a", "split-brain"), "split-brain handler called")
 	require.NotZero(t, p.b.bm.Count(), "b's changes still recorded")
 
 	// The operator picks b as the victim.
@@ -425,4 +442,25 @@ func TestPairTLS(t *testing.T) {
 		return strings.Contains(p.b.Status().Connections[0].Reason, "certificate")
 	})
 	require.Nil(t, p.b.sess.Load())
+}
+
+// Concurrent FLUSHes: epochs are acked in the order they were sent.
+func TestPairConcurrentFlushesInProcess(t *testing.T) {
+	p := newPair(t, "")
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 10))
+			for range 100 {
+				off := int64(rng.IntN(int(p.a.Size()/4096))) * 4096
+				require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), off, false))
+				require.NoError(t, p.a.Flush())
+			}
+		})
+	}
+	wg.Wait()
+	require.NotNil(t, p.a.sess.Load(), "link still up")
+	p.sameData()
 }

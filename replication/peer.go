@@ -324,7 +324,9 @@ func (r *Resource) WaitConnected(ctx context.Context, sync bool) error {
 			return fmt.Errorf("replication: %s has no peer", r.res.Name)
 		}
 		c := st.Connections[0]
-		if c.ConnectionState == ConnConnected.String() {
+		// A session that is already dead (a forced promotion or an
+		// invalidate reconnects to resync) does not count.
+		if s := r.sess.Load(); s != nil && !s.isDead() && c.ConnectionState == ConnConnected.String() {
 			rs := c.PeerDevices[0].ReplicationState
 			if !sync || rs == ReplEstablished.String() {
 				return nil

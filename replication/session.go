@@ -86,6 +86,7 @@ type session struct {
 	mu        sync.Mutex
 	pend      map[uint64]*pending
 	barriers  map[uint64]chan bool
+	barrierMu sync.Mutex // held from numbering an epoch to sending its barrier
 	epoch     uint64
 	unflushed []rng          // WriteAcked, not yet covered by a BarrierAck
 	epochEnd  map[uint64]int // barrier epoch -> len(unflushed) when it was sent
@@ -223,6 +224,10 @@ func finish(p *pending) {
 // peer has made everything it received before it durable.
 func (s *session) barrier() chan bool {
 	ch := make(chan bool, 1)
+	// Epochs go on the wire in the order they are numbered (the Secondary
+	// acks them in wire order, and barrierAck trims in that order).
+	s.barrierMu.Lock()
+	defer s.barrierMu.Unlock()
 	s.mu.Lock()
 	if s.dead {
 		s.mu.Unlock()
@@ -251,7 +256,7 @@ func (s *session) barrierAck(e uint64) {
 	if ok {
 		s.unflushed = s.unflushed[n:]
 		for k, v := range s.epochEnd {
-			s.epochEnd[k] = v - n
+			s.epochEnd[k] = max(v-n, 0)
 		}
 	}
 	s.mu.Unlock()

@@ -33,11 +33,40 @@ func newVerbCmds(g *globalOpts) []*cobra.Command {
 		newVerbCmd(g, "down", "Demote if Primary, flush and take the resource down", "disconnect NBD clients if Primary"),
 		newVerbCmd(g, "primary", "Promote this node and serve the NBD export", "promote without UpToDate data: declares local data UpToDate (initial sync source, disaster recovery); may discard the peer's newer writes"),
 		newVerbCmd(g, "secondary", "Demote this node (stops the NBD export)", "disconnect NBD clients that are still connected"),
+		newConnectCmd(g),
+		newVerbCmd(g, "disconnect", "Close the peer link and stay StandAlone until connect", ""),
+		newVerbCmd(g, "invalidate", "Discard this node's data: a full sync from the peer follows", ""),
+		newVerbCmd(g, "invalidate-remote", "Overwrite the peer's data with this node's: a full sync to the peer follows", ""),
+		newVerbCmd(g, "outdate", "Mark this node's data Outdated (no promotion without --force)", ""),
+		newVerbCmd(g, "verify", "Compare every block with the peer (online verify); prints checked and out-of-sync KiB", ""),
+		newWaitCmd(g, "wait-connect", "Wait until the peer link is Connected"),
+		newWaitCmd(g, "wait-sync", "Wait until Connected and no resync runs (progress bar while it does)"),
 		newVerbCmd(g, "role", "Print this node's role", ""),
 		newVerbCmd(g, "dstate", "Print the disk states (local/peer)", ""),
 		newVerbCmd(g, "cstate", "Print the connection state", ""),
 		newStatusCmd(g),
 	}
+}
+
+func newConnectCmd(g *globalOpts) *cobra.Command {
+	var discard bool
+	cmd := &cobra.Command{
+		Use:   "connect RESOURCE|all",
+		Short: "Leave StandAlone and connect to the peer",
+		Long: `Leave StandAlone and connect to the peer (the node with the lower node-id
+dials, the other listens). Returns at once; twinbd wait-connect waits.
+
+Split-brain recovery, as with DRBD: on the node whose changes are to be
+thrown away run "twinbd disconnect R; twinbd secondary R; twinbd connect
+--discard-my-data R", on the survivor "twinbd connect R".`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, err := call(cmd, g, daemon.Request{Verb: "connect", Resource: args[0], DiscardMyData: discard})
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&discard, "discard-my-data", false, "volunteer as the victim of a split brain found on this connect: this node's divergent writes are overwritten by the peer's")
+	return cmd
 }
 
 type statusOpts struct {
