@@ -464,3 +464,19 @@ func TestPairConcurrentFlushesInProcess(t *testing.T) {
 	require.NotNil(t, p.a.sess.Load(), "link still up")
 	p.sameData()
 }
+
+// An orderly disconnect makes the acknowledged writes durable on the peer
+// first: only what is written afterwards is out of sync.
+func TestPairOrderlyDisconnectMarksNothing(t *testing.T) {
+	p := newPair(t, "")
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	rng := rand.New(rand.NewPCG(11, 11))
+	for i := range 100 {
+		require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), int64(i)*4096, false))
+	}
+	require.NoError(t, p.a.Disconnect())
+	require.Zero(t, p.a.bm.Count())
+	require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), 0, false))
+	require.Equal(t, int64(1), p.a.bm.Count())
+}

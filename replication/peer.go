@@ -296,6 +296,7 @@ func (r *Resource) Disconnect() error {
 	hs := r.handshaking
 	r.mu.Unlock()
 	if s != nil {
+		s.drain()
 		s.sendMeta(&DisconnectMsg{Reason: "peer disconnected by its operator"})
 		s.fail(standAlone("disconnected by the operator"))
 		<-s.finished
@@ -340,5 +341,15 @@ func (r *Resource) WaitConnected(ctx context.Context, sync bool) error {
 			return ctx.Err()
 		case <-t.C:
 		}
+	}
+}
+
+// drain makes what the peer acknowledged durable there (a barrier, waited
+// for at most a few seconds) before an orderly disconnect, so the teardown
+// does not have to mark those writes out of sync.
+func (s *session) drain() {
+	select {
+	case <-s.barrier():
+	case <-time.After(5 * time.Second):
 	}
 }

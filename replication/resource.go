@@ -523,6 +523,7 @@ func (r *Resource) Down(force bool) error {
 	r.mu.Unlock()
 	if r.stopPeer != nil {
 		if s := r.sess.Load(); s != nil {
+			s.drain()
 			s.sendMeta(&DisconnectMsg{Reason: "peer is going down"})
 		}
 		r.stopPeer()

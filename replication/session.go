@@ -647,6 +647,7 @@ func (s *session) pinger() {
 func (s *session) readData() {
 	r := s.r
 	br := bufio.NewReaderSize(s.data, 256<<10)
+	var buf []byte
 	for {
 		if br.Buffered() == 0 {
 			// About to wait for the network: send the acks queued for
@@ -656,7 +657,10 @@ func (s *session) readData() {
 				return
 			}
 		}
-		f, _, err := ReadFrame(br, nil) // each payload is owned by its worker
+		// buf is reused while messages are applied inline; one handed to a
+		// worker keeps its payload, and the next frame gets a new buffer.
+		f, b, err := ReadFrame(br, buf)
+		buf = b
 		if err != nil {
 			if !s.isDead() {
 				s.fail(fmt.Errorf("data channel: %w", err))
@@ -669,16 +673,21 @@ func (s *session) readData() {
 			return
 		}
 		r.link.recvBytes.Add(int64(len(f.Payload)))
-		if err := s.apply(f.Seq, m); err != nil {
+		done, err := s.apply(f.Seq, m)
+		if err != nil {
 			s.fail(fmt.Errorf("data channel: %w", err))
 			return
+		}
+		if !done {
+			buf = nil
 		}
 	}
 }
 
 // apply registers one data-channel message in the range lock (stream order)
-// and hands it to a worker.
-func (s *session) apply(fseq uint64, m Message) error {
+// and applies it inline (done: its payload is no longer referenced) or
+// hands it to a worker.
+func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 	r := s.r
 	var (
 		off, length int64
@@ -704,14 +713,14 @@ func (s *session) apply(fseq uint64, m Message) error {
 	switch m := m.(type) {
 	case *DataMsg:
 		if r.Role() == RolePrimary {
-			return fmt.Errorf("%w: the peer sent application data while this node is Primary", ErrMalformed)
+			return false, fmt.Errorf("%w: the peer sent application data while this node is Primary", ErrMalformed)
 		}
 		if err := r.checkPeerRange(m.Offset, int64(len(m.Payload))); err != nil {
-			return err
+			return false, err
 		}
 		if s.proto == 'B' {
 			if err := s.mw.queue(0, &RecvAckMsg{Seq: m.Seq}); err != nil {
-				return err
+				return false, err
 			}
 		}
 		// Plain writes go to the page cache and ext4 serializes them on
@@ -729,7 +738,7 @@ func (s *session) apply(fseq uint64, m Message) error {
 		ack = writeAck(m.Seq)
 	case *TrimMsg:
 		if err := r.checkPeerRange(m.Offset, m.Length); err != nil {
-			return err
+			return false, err
 		}
 		off, length = m.Offset, m.Length
 		work = func() error {
@@ -741,13 +750,13 @@ func (s *session) apply(fseq uint64, m Message) error {
 		ack = writeAck(m.Seq)
 	case *ResyncDataMsg:
 		if err := r.checkPeerRange(m.Offset, m.Length); err != nil {
-			return err
+			return false, err
 		}
 		var p []byte
 		if m.Flags&ResyncZero == 0 {
 			var err error
 			if p, err = DecodeResyncPayload(m, nil); err != nil {
-				return err
+				return false, err
 			}
 		}
 		off, length = m.Offset, m.Length
@@ -768,7 +777,7 @@ func (s *session) apply(fseq uint64, m Message) error {
 		ack = writeAck(m.Seq)
 	case *ChecksumRequestMsg:
 		if err := r.checkPeerRange(m.Offset, m.Length); err != nil {
-			return err
+			return false, err
 		}
 		seq := fseq // the request id travels in the frame sequence (see sendCsum)
 		off, length = m.Offset, m.Length
@@ -815,10 +824,10 @@ func (s *session) apply(fseq uint64, m Message) error {
 				s.sendMeta(&BarrierAckMsg{Epoch: m.Epoch})
 			}
 		})
-		return nil
+		return false, nil
 	case *StateMsg:
 		if m.Flags&StateResyncDone == 0 {
-			return fmt.Errorf("%w: State on the data channel without resync-done", ErrMalformed)
+			return false, fmt.Errorf("%w: State on the data channel without resync-done", ErrMalformed)
 		}
 		off, length = 0, math.MaxInt64
 		work = func() error { return r.finishSyncTarget(m) }
@@ -830,7 +839,7 @@ func (s *session) apply(fseq uint64, m Message) error {
 			s.sendMeta(r.myState(0))
 		}
 	default:
-		return fmt.Errorf("%w: unexpected %v on the data channel", ErrMalformed, m.Type())
+		return false, fmt.Errorf("%w: unexpected %v on the data channel", ErrMalformed, m.Type())
 	}
 	granted, unlock := r.lock.Enqueue(off, length)
 	if inline {
@@ -842,7 +851,7 @@ func (s *session) apply(fseq uint64, m Message) error {
 				r.log.Error("applying peer data failed", "type", m.Type(), "off", off, "err", err)
 			}
 			ack(err)
-			return nil
+			return true, nil
 		default:
 			inline = false // waits behind an overlapping write: a worker
 		}
@@ -851,7 +860,7 @@ func (s *session) apply(fseq uint64, m Message) error {
 	case s.sem <- struct{}{}:
 	case <-s.deadCh:
 		unlock()
-		return nil
+		return false, nil
 	}
 	epoch := s.epochWG
 	epoch.Add(1)
@@ -868,7 +877,7 @@ func (s *session) apply(fseq uint64, m Message) error {
 			ack(err)
 		}
 	})
-	return nil
+	return false, nil
 }
 
 func (r *Resource) checkPeerRange(off, length int64) error {

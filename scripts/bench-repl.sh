@@ -162,7 +162,8 @@ row "fio 1M write iodepth 8 (MiB/s)" write_mibs --rw=write --bs=1m --iodepth=8
 # random 4 KiB blocks, reconnect, compare the growth of `sent`.
 log "resync: bitmap resync after writes while disconnected"
 "${A[@]}" disconnect pC
-fio_json "$(port_of C)" --rw=randwrite --bs=4k --iodepth=16 --number_ios=20000 --randrepeat=1 >/dev/null
+# --refill_buffers: fresh random (incompressible) data in every write.
+fio_json "$(port_of C)" --rw=randwrite --bs=4k --iodepth=16 --number_ios=20000 --randrepeat=1 --refill_buffers >/dev/null
 dirty_kib=$(jget pC connections 0 peer_devices 0 out-of-sync)
 sent0=$(jget pC connections 0 peer_devices 0 sent)
 t0=$(date +%s.%N)
@@ -175,9 +176,8 @@ RESYNC_ROWS=("| bitmap resync after 20000 random 4 KiB writes while disconnected
 
 # Resync 2: full sync under resync-rate: throughput against the limit.
 log "resync: full sync limited to $RATE/s"
+t0=$(date +%s.%N) # includes the reconnect that starts the sync
 "${B[@]}" invalidate prate
-sleep 0.5
-t0=$(date +%s.%N)
 wait_sync prate
 t1=$(date +%s.%N)
 size_kib=$(jget prate devices 0 size)
@@ -190,9 +190,8 @@ log "resync: checksum resync of identical data"
 fio_json "$(port_of csums)" --rw=write --bs=1m --iodepth=8 >/dev/null
 "${A[@]}" wait-sync pcsums
 sent0=$(jget pcsums connections 0 peer_devices 0 sent)
-"${B[@]}" invalidate pcsums
-sleep 0.5
 t0=$(date +%s.%N)
+"${B[@]}" invalidate pcsums
 wait_sync pcsums
 t1=$(date +%s.%N)
 sent1=$(jget pcsums connections 0 peer_devices 0 sent)
