@@ -89,7 +89,13 @@ type result struct {
 func (c *cluster) run(node string, args ...string) result {
 	c.t.Helper()
 	full := append([]string{"--config", c.conf, "--node", node, "--run-dir", filepath.Join(c.dir, "run")}, args...)
-	cmd := exec.Command(twinbdBin, full...)
+	return runBin(c.t, full)
+}
+
+// runBin runs the test binary with args and collects output and exit code.
+func runBin(t *testing.T, args []string) result {
+	t.Helper()
+	cmd := exec.Command(twinbdBin, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -98,7 +104,7 @@ func (c *cluster) run(node string, args ...string) result {
 	if errors.As(err, &ee) {
 		r.code = ee.ExitCode()
 	} else {
-		require.NoError(c.t, err)
+		require.NoError(t, err)
 	}
 	return r
 }

@@ -10,7 +10,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
@@ -90,18 +89,7 @@ func (p *pair) args(node string, args ...string) []string {
 
 func (p *pair) run(node string, args ...string) result {
 	p.t.Helper()
-	cmd := exec.Command(twinbdBin, p.args(node, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	r := result{out: stdout.String(), err: stderr.String()}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		r.code = ee.ExitCode()
-	} else {
-		require.NoError(p.t, err)
-	}
-	return r
+	return runBin(p.t, p.args(node, args...))
 }
 
 func (p *pair) ok(node string, args ...string) string {
