@@ -19,6 +19,7 @@
 #   BENCH_RESYNC_RATE rate limit for the rate row (default 40M)
 #   BENCH_TMPDIR      where the backing files go (default $TMPDIR or /tmp)
 #   BENCH_PORT_BASE   first of 22 consecutive TCP ports used (default 11800)
+#   BENCH_GOMAXPROCS  GOMAXPROCS for both daemons (default: Go's, the CPU count)
 #   TWINBD_BIN        twinbd binary (default bin/twinbd)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,8 +86,10 @@ for s in A B C rate csums; do
   "${A[@]}" create-md "p$s" >/dev/null
   "${B[@]}" create-md "p$s" >/dev/null
 done
+if [ -n "${BENCH_GOMAXPROCS:-}" ]; then export GOMAXPROCS=$BENCH_GOMAXPROCS; fi
 "${A[@]}" daemon --up all >"$TMP/alpha.log" 2>&1 & PIDS+=($!)
 "${B[@]}" daemon --up all >"$TMP/beta.log" 2>&1 & PIDS+=($!)
+unset GOMAXPROCS
 for i in $(seq 100); do "${A[@]}" status >/dev/null 2>&1 && "${B[@]}" status >/dev/null 2>&1 && break; sleep 0.1; done
 for s in standalone A B C rate csums; do "${A[@]}" primary --force "$(res_of "$s")"; done
 
@@ -203,7 +206,7 @@ RESYNC_ROWS+=("| checksum resync (csums-alg) of $((size_kib / 1024)) MiB of iden
   echo
   echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, kernel $(uname -r), backing files $FILE_SIZE on $(findmnt -n -o FSTYPE --target "$TMP" 2>/dev/null || stat -f -c %T "$TMP"),"
   echo "working set $WSET bytes, ${RUNTIME}s per run, medians of $RUNS interleaved runs per setup; ratio to standalone in brackets."
-  echo "Both nodes run on this host (peer link over loopback) and share its CPUs with fio."
+  echo "Both nodes run on this host (peer link over loopback) and share its CPUs with fio; daemons' GOMAXPROCS: ${BENCH_GOMAXPROCS:-default ($(nproc))}."
   echo
   echo "| row | standalone | protocol A | protocol B | protocol C |"
   echo "| --- | ---: | ---: | ---: | ---: |"
