@@ -350,6 +350,7 @@ func (r *Resource) WaitConnected(ctx context.Context, sync bool) error {
 func (s *session) drain() {
 	select {
 	case <-s.barrier():
+	case <-s.deadCh:
 	case <-time.After(5 * time.Second):
 	}
 }

@@ -182,7 +182,14 @@ func (s *session) resyncRun(off, length int64, done func()) {
 // finishSource completes the resync on the source side.
 func (s *session) finishSource() {
 	r := s.r
-	if ok := <-s.barrier(); !ok {
+	// Not <-barrier() alone: teardown answers barriers only after this
+	// goroutine has returned (found by TestPairRandomFaults, seed 4).
+	select {
+	case ok := <-s.barrier():
+		if !ok {
+			return
+		}
+	case <-s.deadCh:
 		return
 	}
 	sb := r.meta.Superblock()

@@ -103,8 +103,7 @@ type session struct {
 	workers     sync.WaitGroup
 	sem         chan struct{}
 
-	lastRecv     atomic.Int64 // unix nanos of the last meta frame
-	peerUpToDate atomic.Bool  // the peer's disk is UpToDate (last state seen)
+	lastRecv atomic.Int64 // unix nanos of the last meta frame
 
 	// resync state (source)
 	syncing    atomic.Bool
@@ -497,7 +496,6 @@ func (s *session) handshake() (SyncKind, error) {
 	r.link.repl = repl
 	r.link.peerRole = Role(theirs.Role)
 	r.link.peerDisk = peerDisk
-	s.peerUpToDate.Store(peerDisk == DiskUpToDate)
 	r.link.syncTotal = r.bm.Count()
 	r.link.syncStart = time.Now()
 	r.link.syncedBytes.Store(0)
@@ -602,7 +600,6 @@ func (s *session) readMeta() {
 		case *BarrierAckMsg:
 			s.barrierAck(m.Epoch)
 		case *StateMsg:
-			s.peerUpToDate.Store(DiskState(m.Disk) == DiskUpToDate)
 			r.mu.Lock()
 			r.link.peerRole = Role(m.Role)
 			r.link.peerDisk = DiskState(m.Disk)
@@ -943,12 +940,18 @@ func (s *session) teardown() {
 	for _, u := range unflushed {
 		r.bm.SetRange(u.off, u.length)
 	}
-	// A Primary that loses its UpToDate peer starts a new generation
-	// before answering anything more (DRBD: only when no bitmap UUID is
-	// set, i.e. not in the middle of a resync it is the source of).
+	// A Primary that loses its peer starts a new generation before
+	// answering anything more, unless a bitmap UUID is set (it is the
+	// source of a bitmap resync the peer has not finished: the peer's
+	// current UUID is that bitmap UUID, which is how the next connect
+	// resumes it). DRBD also asks for the peer to have been UpToDate; that
+	// is not enough here: a peer may have adopted this generation (resync
+	// done) without its UpToDate state having arrived yet, and then writes
+	// after the split would not be found behind a shared current UUID
+	// (found by TestPairRandomFaults, seed 1).
 	// No r.mu until the waiting writes are answered: a demotion holding
 	// r.mu may be draining exactly those writes.
-	if r.writable.Load() && s.peerUpToDate.Load() && r.meta.Superblock().Bitmap == 0 {
+	if r.writable.Load() && r.meta.Superblock().Bitmap == 0 {
 		if err := r.meta.Update(func(sb *bitmap.Superblock) {
 			g := NewCurrentUUID(Generation{Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History}, randomUUID())
 			sb.Current, sb.Bitmap, sb.History = g.Current, g.Bitmap, g.History
