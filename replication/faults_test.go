@@ -18,7 +18,7 @@ import (
 // answered write is there in its newest version. TWINBD_FAULT_SEED replays
 // one schedule; the seed is logged.
 func TestPairRandomFaults(t *testing.T) {
-	seeds := []uint64{1, 2, 3, 4} // 1 and 4 found bugs
+	seeds := []uint64{1, 3, 4, 21} // each found a bug once
 	if s := os.Getenv("TWINBD_FAULT_SEED"); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)
 		require.NoError(t, err)
@@ -35,7 +35,7 @@ func TestPairRandomFaults(t *testing.T) {
 			blocks := int(p.a.Size()/4096) / 4
 			newest := map[int64]uint64{}
 			var version uint64
-			reconnects := 0
+			reconnects, crashes := 0, 0
 			const A, B = "a:1", "b:1"
 			for step := range 400 {
 				switch k := rng.IntN(100); {
@@ -69,11 +69,23 @@ func TestPairRandomFaults(t *testing.T) {
 					p.net.SetLoss(A, B, 0)
 				case k < 98:
 					require.NoError(t, p.a.Disconnect())
-				default:
+				case k < 99:
 					require.NoError(t, p.a.Connect(false))
+				case rng.IntN(2) == 0:
+					// The Secondary's process dies and comes back.
+					p.b.abandon()
+					p.b = p.up("b")
+					crashes++
+				default:
+					// The Primary's process dies (its files keep what it
+					// wrote), comes back and is promoted again.
+					p.a.abandon()
+					p.a = p.up("a")
+					require.NoError(t, p.a.Primary(true))
+					crashes++
 				}
 			}
-			t.Logf("protocol %s, %d writes, %d waits for a reconnect", proto, version, reconnects)
+			t.Logf("protocol %s, %d writes, %d waits for a reconnect, %d process crashes", proto, version, reconnects, crashes)
 			// Heal everything and let the pair converge.
 			p.net.Heal(A, B)
 			p.net.SetDelay(A, B, 0)

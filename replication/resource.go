@@ -419,7 +419,19 @@ func (r *Resource) Primary(force bool) error {
 	// generation does not change (DRBD); a forced promotion over a peer
 	// that is not UpToDate starts a generation and reconnects, so the
 	// handshake starts the sync towards the peer.
-	rotate := sess == nil || !upToDate
+	//
+	// Without a peer, a bitmap UUID that is already set means this node
+	// already left the peer's generation behind (the peer is at the bitmap
+	// UUID and the bitmap holds every change since): keep it, as DRBD's
+	// promote does, so the next connect is a bitmap resync however often
+	// this node restarts and is promoted meanwhile. Rotating again would
+	// push the peer's generation down the two-slot history and end in a
+	// full sync, then "unrelated data" (found by TestPairRandomFaults).
+	// Inconsistent or Outdated data declared UpToDate by --force always
+	// starts one (it may be older than what the peer holds).
+	sb := r.meta.Superblock()
+	stale := r.disk == DiskInconsistent || r.disk == DiskOutdated || sb.Current == 0
+	rotate := stale || (sess == nil && sb.Bitmap == 0) || (sess != nil && !upToDate)
 	if err := r.meta.Update(func(s *bitmap.Superblock) {
 		s.Flags |= bitmap.FlagConsistent | bitmap.FlagWasUpToDate | bitmap.FlagPrimaryInd
 		s.Flags &^= bitmap.FlagOutdated | bitmap.FlagCrashedPrimary

@@ -118,7 +118,17 @@ func (s *session) resync() {
 // the target has answered or the session died.
 func (s *session) resyncRun(off, length int64, done func()) {
 	r := s.r
-	unlock := r.lock.Lock(off, length)
+	// Not Lock: an application write holding the range waits for its ack,
+	// which only the teardown gives once this goroutine has returned
+	// (found by TestPairRandomFaults, seed 21).
+	granted, unlock := r.lock.Enqueue(off, length)
+	select {
+	case <-granted:
+	case <-s.deadCh:
+		unlock()
+		done()
+		return
+	}
 	buf := make([]byte, length)
 	if err := r.local.ReadAt(buf, off); err != nil {
 		unlock()
