@@ -276,6 +276,9 @@ func (r *Resource) runSession(ctx context.Context, data, meta net.Conn) error {
 	}
 	r.handshaking = func() { s.fail(standAlone("disconnected by the operator")) }
 	r.mu.Unlock()
+	// down (ctx) also ends a handshake in progress, not only a session.
+	stop := context.AfterFunc(ctx, func() { s.fail(errors.New("shutting down")) })
+	defer stop()
 	kind, err := s.handshake()
 	r.mu.Lock()
 	r.handshaking = nil
@@ -288,8 +291,6 @@ func (r *Resource) runSession(ctx context.Context, data, meta net.Conn) error {
 		s.mu.Unlock()
 		return err
 	}
-	stop := context.AfterFunc(ctx, func() { s.fail(errors.New("shutting down")) })
-	defer stop()
 	var loops sync.WaitGroup
 	loops.Go(s.readMeta)
 	loops.Go(s.readData)
