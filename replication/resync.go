@@ -222,7 +222,6 @@ func (s *session) finishSource() {
 	if err := r.meta.WriteBitmap(r.bm); err != nil {
 		r.log.Warn("resync done: writing the bitmap failed", "err", err)
 	}
-	s.syncing.Store(false)
 	r.mu.Lock()
 	r.link.repl = ReplEstablished
 	r.mu.Unlock()

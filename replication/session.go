@@ -103,13 +103,9 @@ type session struct {
 	workers     sync.WaitGroup
 	sem         chan struct{}
 
-	lastRecv atomic.Int64 // unix nanos of the last meta frame
-
 	// resync state (source)
-	syncing    atomic.Bool
-	csums      bool
-	resyncWake chan struct{}
-	syncedAt   time.Time
+	csums    bool
+	syncedAt time.Time
 }
 
 func newSession(r *Resource, data, meta net.Conn) *session {
@@ -122,7 +118,7 @@ func newSession(r *Resource, data, meta net.Conn) *session {
 		dw: newFrameWriter(data, 256<<10), mw: newFrameWriter(meta, 16<<10),
 		pend: map[uint64]*pending{}, barriers: map[uint64]chan bool{}, epochEnd: map[uint64]int{},
 		deadCh: make(chan struct{}), finished: make(chan struct{}),
-		sem: make(chan struct{}, r.applyLimit()), resyncWake: make(chan struct{}, 1),
+		sem:     make(chan struct{}, r.applyLimit()),
 		epochWG: new(sync.WaitGroup),
 	}
 }
@@ -479,14 +475,12 @@ func (s *session) handshake() (SyncKind, error) {
 	}
 	s.data.SetDeadline(time.Time{})
 	s.meta.SetDeadline(time.Time{})
-	s.lastRecv.Store(time.Now().UnixNano())
 	s.syncedAt = time.Now()
 
 	repl := ReplEstablished
 	switch {
 	case kind.Source():
 		repl = ReplSyncSource
-		s.syncing.Store(true)
 	case kind.Target():
 		repl = ReplSyncTarget
 	}
@@ -570,7 +564,6 @@ func (s *session) readMeta() {
 			s.fail(fmt.Errorf("meta channel: %w", err))
 			return
 		}
-		s.lastRecv.Store(time.Now().UnixNano())
 		m, err := DecodeMessage(f)
 		if err != nil {
 			s.fail(fmt.Errorf("meta channel: %w", err))
@@ -620,7 +613,8 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// pinger sends a Ping every ping-int and watches the oldest pending write.
+// pinger sends a Ping every ping-int (readMeta drops the link when nothing
+// arrives for ping-int + ping-timeout).
 func (s *session) pinger() {
 	r := s.r
 	every := r.res.Net.PingInt
