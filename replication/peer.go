@@ -32,6 +32,11 @@ func standAlone(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errStandAlone, fmt.Sprintf(format, args...))
 }
 
+// errOperatorDisconnect ends a session on `disconnect`. Disconnect itself
+// records StandAlone; the peer loop must not record it again, since by the
+// time the loop sees this error a `connect` may already have run.
+var errOperatorDisconnect = errors.New("replication: disconnected by the operator")
+
 // isRefusal reports whether err is one an operator must fix.
 func isRefusal(err error) bool {
 	return errors.Is(err, errStandAlone) || errors.Is(err, ErrAuthFailed) ||
@@ -116,7 +121,7 @@ func (r *Resource) noteFailure(err error, refuse bool) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.disconnectReq {
+	if r.disconnectReq || errors.Is(err, errOperatorDisconnect) {
 		return
 	}
 	r.link.reason = err.Error()
@@ -298,7 +303,7 @@ func (r *Resource) Disconnect() error {
 	if s != nil {
 		s.drain()
 		s.sendMeta(&DisconnectMsg{Reason: "peer disconnected by its operator"})
-		s.fail(standAlone("disconnected by the operator"))
+		s.fail(errOperatorDisconnect)
 		<-s.finished
 	}
 	if hs != nil {

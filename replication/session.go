@@ -268,9 +268,9 @@ func (r *Resource) runSession(ctx context.Context, data, meta net.Conn) error {
 		r.mu.Unlock()
 		data.Close()
 		meta.Close()
-		return standAlone("disconnected by the operator")
+		return errOperatorDisconnect
 	}
-	r.handshaking = func() { s.fail(standAlone("disconnected by the operator")) }
+	r.handshaking = func() { s.fail(errOperatorDisconnect) }
 	r.mu.Unlock()
 	// down (ctx) also ends a handshake in progress, not only a session.
 	stop := context.AfterFunc(ctx, func() { s.fail(errors.New("shutting down")) })
