@@ -125,11 +125,12 @@ func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) M
 	defer release()
 	s := r.sess.Load()
 	var p *pending
+	var m Message
 	if s != nil {
 		p = &pending{rng: rng{off, length}}
 		seq, ok := s.register(p)
 		if ok {
-			m := msg(seq)
+			m = msg(seq)
 			if s.writeData(m) == nil {
 				if d, isData := m.(*DataMsg); isData {
 					r.link.sentBytes.Add(int64(len(d.Payload)))
@@ -155,7 +156,7 @@ func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) M
 			<-p.recvd
 		}
 		if fua {
-			if _, isTrim := msg(0).(*TrimMsg); isTrim {
+			if _, isTrim := m.(*TrimMsg); isTrim {
 				// A trim has no FUA flag on the wire: a barrier makes it
 				// durable on the peer.
 				<-s.barrier()

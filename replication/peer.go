@@ -262,11 +262,8 @@ func (r *Resource) setConn(c ConnState, reason string) {
 func (r *Resource) Connect(discardMyData bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.down {
-		return ErrDown
-	}
-	if r.peer == nil {
-		return fmt.Errorf("replication: %s has no peer in the resource file", r.res.Name)
+	if err := r.needPeer(); err != nil {
+		return err
 	}
 	r.link.standAlone = false
 	r.disconnectReq = false
@@ -286,13 +283,9 @@ func (r *Resource) Connect(discardMyData bool) error {
 // misses in the bitmap.
 func (r *Resource) Disconnect() error {
 	r.mu.Lock()
-	if r.down {
+	if err := r.needPeer(); err != nil {
 		r.mu.Unlock()
-		return ErrDown
-	}
-	if r.peer == nil {
-		r.mu.Unlock()
-		return fmt.Errorf("replication: %s has no peer in the resource file", r.res.Name)
+		return err
 	}
 	r.link.standAlone = true
 	r.disconnectReq = true

@@ -51,6 +51,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/twinbd/twinbd/bitmap"
+	"github.com/twinbd/twinbd/device"
 )
 
 // Session limits.
@@ -704,7 +705,7 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 	}
 	switch m := m.(type) {
 	case *DataMsg:
-		if r.Role() == RolePrimary {
+		if r.writable.Load() { // Primary; no r.mu on the per-write path
 			return false, fmt.Errorf("%w: the peer sent application data while this node is Primary", ErrMalformed)
 		}
 		if err := r.checkPeerRange(m.Offset, int64(len(m.Payload))); err != nil {
@@ -873,8 +874,8 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 }
 
 func (r *Resource) checkPeerRange(off, length int64) error {
-	if off < 0 || length < 0 || off > r.size-length {
-		return fmt.Errorf("%w: peer range [%d, +%d) outside the %d-byte device", ErrMalformed, off, length, r.size)
+	if err := device.CheckRange(r.size, off, length); err != nil {
+		return fmt.Errorf("%w: from the peer: %w", ErrMalformed, err)
 	}
 	return nil
 }

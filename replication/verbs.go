@@ -21,6 +21,7 @@ const (
 // ErrNotConnected: the verb needs an established peer link.
 var ErrNotConnected = errors.New("not connected to the peer")
 
+// needPeer is called with r.mu held.
 func (r *Resource) needPeer() error {
 	switch {
 	case r.down:
@@ -55,7 +56,6 @@ func (r *Resource) Invalidate() error {
 	}
 	if err := r.meta.Update(func(sb *bitmap.Superblock) {
 		sb.Flags &^= bitmap.FlagConsistent | bitmap.FlagWasUpToDate
-		sb.Flags |= bitmap.FlagFullSyncNeeded
 	}); err != nil {
 		return fmt.Errorf("replication: %s: write metadata: %w", r.res.Name, err)
 	}
