@@ -107,22 +107,7 @@ for s in A B C rate csums; do wait_sync "p$s"; done
 log "initial syncs done"
 
 WSET=$(( $(nbdinfo --size "nbd://127.0.0.1:$(port_of C)") / 1048576 * 1048576 ))
-fio_json() {
-  local port=$1; shift
-  fio --name=bench --ioengine=nbd --uri="nbd://127.0.0.1:$port/" --size="$WSET" \
-      --output-format=json "$@" 2>"$TMP/fio.err" || { cat "$TMP/fio.err" >&2; die "fio failed"; }
-}
-metric() {
-  python3 -c '
-import json, sys
-name, s = sys.argv[1], sys.stdin.read()
-job = json.loads(s[s.index("{"):])["jobs"][0]
-v = {"write_iops": job["write"]["iops"], "read_iops": job["read"]["iops"],
-     "write_mibs": job["write"]["bw_bytes"] / 2**20}[name]
-print("%.1f" % v)' "$1"
-}
-median() { python3 -c 'import statistics, sys; print("%.1f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
-ratio() { python3 -c 'import sys; a, b = map(float, sys.argv[1:]); print("%.2f" % (a / b) if b else "n/a")' "$1" "$2"; }
+. scripts/bench-lib.sh
 
 for s in "${SETUPS[@]}"; do
   log "pre-filling $s"
