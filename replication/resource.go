@@ -40,6 +40,28 @@ type Options struct {
 	// Handler, if set, runs a `handlers { }` command (the daemon passes
 	// failover.RunHandler with DRBD's environment); nil only logs.
 	Handler func(name, command string)
+	// FencePeer, if set, runs the fence-peer handler synchronously and
+	// returns its exit code (DRBD's 3-7 meanings, failover.InterpretFencePeer);
+	// err when it could not run or timed out. nil: fencing by handler is
+	// unavailable and only the witness can outdate the peer.
+	FencePeer func(ctx context.Context, command string) (exitCode int, err error)
+	// Services, if set, is the promotion start list (drbd-reactor's
+	// promoter): Start runs after this node became Primary and its export
+	// listens; Stop runs before it demotes. A failed Start demotes the
+	// node again (and releases the witness lease, so the peer may take
+	// over).
+	Services Services
+}
+
+// Services is what runs on top of the device while this node is Primary.
+type Services interface {
+	// Start brings the services up in order; on error, whatever it
+	// started is stopped again before it returns.
+	Start(ctx context.Context) error
+	// Stop brings them down in reverse order; an error means the
+	// configured escalation ran (or none was configured) and the device
+	// may still be in use.
+	Stop(ctx context.Context) error
 }
 
 // linkState is what status shows about the peer link; guarded by r.mu
