@@ -353,7 +353,11 @@ func (d *Daemon) up(name string) Response {
 			continue
 		}
 		var self atomic.Pointer[replication.Resource]
-		r, err := replication.Up(replication.Options{Res: rc, Node: d.opts.Node, Logger: d.log, Handler: d.handlerFor(rc, &self)})
+		r, err := replication.Up(replication.Options{
+			Res: rc, Node: d.opts.Node, Logger: d.log,
+			Handler:   d.handlerFor(rc, &self),
+			FencePeer: d.fencePeerFor(rc, &self),
+		})
 		if err != nil {
 			return Response{Code: codeFor(err), Error: fmt.Sprintf("%s: %v", rc.Name, err)}
 		}

@@ -59,11 +59,8 @@ func linkSummary(r *replication.Resource) string {
 	return strings.Join(parts, " ")
 }
 
-// handlerFor returns the resource's Handler: each `handlers { }` command
-// runs asynchronously with DRBD's environment, bounded by HandlerTimeout,
-// and its outcome is logged. self is the resource once Up has returned
-// (for DRBD_CSTATE).
-func (d *Daemon) handlerFor(rc *config.Resource, self *atomic.Pointer[replication.Resource]) func(name, command string) {
+// handlerEnv is the DRBD environment of rc's handlers on this node.
+func (d *Daemon) handlerEnv(rc *config.Resource) failover.HandlerEnv {
 	env := failover.HandlerEnv{Resource: rc.Name, ConfPath: d.opts.ConfigPath, Nodes: map[int]string{}}
 	for _, h := range rc.Hosts {
 		env.Nodes[h.NodeID] = h.Name
@@ -75,6 +72,25 @@ func (d *Daemon) handlerFor(rc *config.Resource, self *atomic.Pointer[replicatio
 	if peers := rc.Peers(d.opts.Node); len(peers) > 0 {
 		env.Peer, env.PeerNodeID = peers[0].Name, peers[0].NodeID
 	}
+	return env
+}
+
+// cstate is DRBD_CSTATE: the connection state when a handler starts.
+func cstate(self *atomic.Pointer[replication.Resource]) string {
+	if r := self.Load(); r != nil {
+		if st := r.Status(); len(st.Connections) > 0 {
+			return st.Connections[0].ConnectionState
+		}
+	}
+	return "Unknown"
+}
+
+// handlerFor returns the resource's Handler: each `handlers { }` command
+// runs asynchronously with DRBD's environment, bounded by HandlerTimeout,
+// and its outcome is logged. self is the resource once Up has returned
+// (for DRBD_CSTATE).
+func (d *Daemon) handlerFor(rc *config.Resource, self *atomic.Pointer[replication.Resource]) func(name, command string) {
+	env := d.handlerEnv(rc)
 	return func(name, command string) {
 		log := d.log.With("resource", rc.Name, "handler", name)
 		d.handlerMu.Lock()
@@ -88,12 +104,7 @@ func (d *Daemon) handlerFor(rc *config.Resource, self *atomic.Pointer[replicatio
 		go func() {
 			defer d.handlers.Done()
 			e := env
-			e.CState = "Unknown"
-			if r := self.Load(); r != nil {
-				if st := r.Status(); len(st.Connections) > 0 {
-					e.CState = st.Connections[0].ConnectionState
-				}
-			}
+			e.CState = cstate(self)
 			log.Info("handler: running", "command", command, "cstate", e.CState)
 			res, err := failover.RunHandler(d.handlerCtx, command, e, d.handlerTimeout)
 			out := strings.TrimSpace(string(res.Output))
@@ -106,6 +117,31 @@ func (d *Daemon) handlerFor(rc *config.Resource, self *atomic.Pointer[replicatio
 				log.Info("handler done", "command", command, "exit", 0, "took", res.Duration, "output", out)
 			}
 		}()
+	}
+}
+
+// fencePeerFor returns the resource's FencePeer: the fence-peer handler
+// run synchronously (the caller waits for its verdict), with DRBD's
+// environment, bounded by HandlerTimeout and ctx.
+func (d *Daemon) fencePeerFor(rc *config.Resource, self *atomic.Pointer[replication.Resource]) func(ctx context.Context, command string) (int, error) {
+	env := d.handlerEnv(rc)
+	return func(ctx context.Context, command string) (int, error) {
+		log := d.log.With("resource", rc.Name, "handler", "fence-peer")
+		e := env
+		e.CState = cstate(self)
+		ctx, stop := context.WithCancel(ctx)
+		defer stop()
+		defer context.AfterFunc(d.handlerCtx, stop)()
+		log.Info("handler: running", "command", command, "cstate", e.CState)
+		res, err := failover.RunHandler(ctx, command, e, d.handlerTimeout)
+		out := strings.TrimSpace(string(res.Output))
+		if err != nil {
+			log.Error("fence-peer failed", "command", command, "err", err, "output", out)
+			return res.ExitCode, err
+		}
+		log.Info("fence-peer done", "command", command, "exit", res.ExitCode,
+			"outcome", failover.InterpretFencePeer(res.ExitCode).String(), "took", res.Duration, "output", out)
+		return res.ExitCode, nil
 	}
 }
 
