@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"regexp"
@@ -379,7 +380,7 @@ func applySection(b *rbuilder, sec *sectionDef, st *stmt, seen map[string]Pos) e
 	return nil
 }
 
-var resourceKeys = "net, disk, handlers, options, on, witness, export"
+var resourceKeys = "net, disk, handlers, options, promoter, on, witness, export"
 
 func buildResource(b *rbuilder, s *stmt) (*Resource, error) {
 	name := s.args[0]
@@ -442,6 +443,16 @@ func buildResource(b *rbuilder, s *stmt) (*Resource, error) {
 			} else {
 				b.r.Export = a
 			}
+		case "promoter":
+			if first, dup := secSeen["promoter"]; dup {
+				return nil, errorf(st.key.pos, "duplicate promoter section (first at %s)", first)
+			}
+			secSeen["promoter"] = st.key.pos
+			p, err := buildPromoter(st)
+			if err != nil {
+				return nil, err
+			}
+			b.r.Promoter = p
 		case "include":
 			return nil, errorf(st.key.pos, "include is only allowed at top level, not inside resource %s", b.r.Name)
 		default:
@@ -696,3 +707,209 @@ func address(v token, key string) (string, error) {
 }
 
 var hostnamePattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$`)
+
+var promoterKeys = "start, start-timeout, stop-timeout, on-stop-failure, attach-device"
+
+// buildPromoter reads `promoter { }`: `start` may repeat (the list, in file
+// order), every other key stands at most once.
+func buildPromoter(s *stmt) (*Promoter, error) {
+	if err := header(s, "promoter", 0); err != nil {
+		return nil, err
+	}
+	p := defaultPromoter()
+	seen := map[string]Pos{}
+	units := map[string]Pos{}
+	for _, st := range s.block {
+		k := st.key.text
+		if !strings.Contains(", "+promoterKeys+",", ", "+k+",") {
+			return nil, errorf(st.key.pos, "unknown key %q in promoter section (expected one of: %s)", k, promoterKeys)
+		}
+		if k == "start" {
+			sv, err := startEntry(st)
+			if err != nil {
+				return nil, err
+			}
+			var id string
+			switch sv.Kind {
+			case ServiceSystemd:
+				id = sv.Unit
+			case ServiceOCF:
+				id = "ocf:" + sv.Provider + ":" + sv.Agent + " " + sv.Instance
+			}
+			if id != "" {
+				if first, dup := units[id]; dup {
+					return nil, errorf(st.args[0].pos, "duplicate start %q in promoter section (first at %s; an OCF agent used twice needs two instance names)", sv.String(), first)
+				}
+				units[id] = st.args[0].pos
+			}
+			p.Start = append(p.Start, sv)
+			continue
+		}
+		if first, dup := seen[k]; dup {
+			return nil, errorf(st.key.pos, "duplicate key %q in promoter section (first at %s)", k, first)
+		}
+		seen[k] = st.key.pos
+		v, err := oneValue(st)
+		if err != nil {
+			return nil, err
+		}
+		switch k {
+		case "start-timeout":
+			p.StartTimeout, err = duration(v, k, time.Second, 1, 86400)
+		case "stop-timeout":
+			p.StopTimeout, err = duration(v, k, time.Second, 1, 86400)
+		case "on-stop-failure":
+			if v.text == "" {
+				err = errorf(v.pos, "empty on-stop-failure (expected a shell command, or leave the key out)")
+			}
+			p.OnStopFailure = v.text
+		case "attach-device":
+			p.AttachDevice, err = yesNo(v, k)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return &p, nil
+}
+
+const startForms = `expected a systemd unit such as mariadb.service, "ocf:PROVIDER:AGENT [INSTANCE] NAME=VALUE ...", or a command pair: start "COMMAND" stop "COMMAND";`
+
+var (
+	unitPattern     = regexp.MustCompile(`^[A-Za-z0-9:_.\\@-]+\.(service|socket|device|mount|automount|swap|target|path|timer|slice|scope)$`)
+	ocfNamePattern  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	ocfParamPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+)
+
+// startEntry reads one `start` statement: a systemd unit, an OCF agent line,
+// or `start "COMMAND" stop "COMMAND"`.
+func startEntry(st *stmt) (Service, error) {
+	if st.hasBlock {
+		return Service{}, errorf(st.end.pos, "expected \";\" after start value, found \"{\"")
+	}
+	if len(st.args) == 0 {
+		return Service{}, errorf(st.end.pos, "expected a value after \"start\", found %s (%s)", st.end.describe(), startForms)
+	}
+	v := st.args[0]
+	if len(st.args) > 1 {
+		stop := st.args[1]
+		if stop.kind != tWord || stop.text != "stop" {
+			return Service{}, errorf(stop.pos, "expected \";\" or stop \"COMMAND\" after start value, found %s", stop.describe())
+		}
+		if len(st.args) == 2 {
+			return Service{}, errorf(st.end.pos, "expected a stop command after \"stop\", found %s", st.end.describe())
+		}
+		if len(st.args) > 3 {
+			return Service{}, errorf(st.args[3].pos, "expected \";\" after stop command, found %s (quote a command that has spaces)", st.args[3].describe())
+		}
+		switch {
+		case unitPattern.MatchString(v.text) || strings.HasPrefix(v.text, "ocf:"):
+			return Service{}, errorf(stop.pos, "unexpected stop after start %q: systemd units and OCF agents are stopped by twinbd (stop is only for a command pair)", v.text)
+		case strings.TrimSpace(v.text) == "":
+			return Service{}, errorf(v.pos, "empty start command (%s)", startForms)
+		case strings.TrimSpace(st.args[2].text) == "":
+			return Service{}, errorf(st.args[2].pos, "empty stop command (expected the shell command that undoes %q)", v.text)
+		}
+		return Service{Kind: ServiceCommand, StartCommand: v.text, StopCommand: st.args[2].text}, nil
+	}
+	if strings.HasPrefix(v.text, "ocf:") {
+		return ocfEntry(v)
+	}
+	if unitPattern.MatchString(v.text) && len(v.text) <= 255 {
+		return Service{Kind: ServiceSystemd, Unit: v.text}, nil
+	}
+	return Service{}, errorf(v.pos, "invalid start %q (%s)", v.text, startForms)
+}
+
+// ocfEntry parses "ocf:PROVIDER:AGENT [INSTANCE] NAME=VALUE ..." as
+// drbd-reactor does: words split with shell rules ('single', "double" and
+// backslash quoting, no expansion); a first word after the agent without "="
+// is the instance name.
+func ocfEntry(v token) (Service, error) {
+	words, err := shellSplit(v.text)
+	if err != nil {
+		return Service{}, errorf(v.pos, "invalid OCF agent %q: %v", v.text, err)
+	}
+	spec := strings.Split(words[0], ":")
+	if len(spec) != 3 || spec[0] != "ocf" || !ocfNamePattern.MatchString(spec[1]) || !ocfNamePattern.MatchString(spec[2]) {
+		return Service{}, errorf(v.pos, "invalid OCF agent %q (expected ocf:PROVIDER:AGENT such as ocf:heartbeat:IPaddr2, then an optional instance name and NAME=VALUE parameters)", words[0])
+	}
+	sv := Service{Kind: ServiceOCF, Provider: spec[1], Agent: spec[2]}
+	rest := words[1:]
+	if len(rest) > 0 && !strings.Contains(rest[0], "=") {
+		if !ocfNamePattern.MatchString(rest[0]) {
+			return Service{}, errorf(v.pos, "invalid OCF instance name %q in %q (expected letters, digits, '_', '.' or '-')", rest[0], v.text)
+		}
+		sv.Instance, rest = rest[0], rest[1:]
+	}
+	seen := map[string]bool{}
+	for _, w := range rest {
+		name, value, ok := strings.Cut(w, "=")
+		if !ok || !ocfParamPattern.MatchString(name) {
+			return Service{}, errorf(v.pos, "invalid OCF parameter %q in %q (expected NAME=VALUE with NAME made of letters, digits and '_'; the instance name comes right after the agent)", w, v.text)
+		}
+		if seen[name] {
+			return Service{}, errorf(v.pos, "duplicate OCF parameter %q in %q", name, v.text)
+		}
+		seen[name] = true
+		sv.Params = append(sv.Params, OCFParam{Name: name, Value: value})
+	}
+	return sv, nil
+}
+
+// shellSplit splits s into words with the shell's quoting rules and no
+// expansion: blanks separate words; '...' is literal; "..." is literal except
+// for \" and \\; a backslash outside quotes takes the next character as is.
+func shellSplit(s string) ([]string, error) {
+	var words []string
+	var cur strings.Builder
+	inWord := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == ' ' || c == '\t':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		case c == '\'':
+			j := strings.IndexByte(s[i+1:], '\'')
+			if j < 0 {
+				return nil, fmt.Errorf("unterminated ' quote")
+			}
+			cur.WriteString(s[i+1 : i+1+j])
+			i += j + 1
+			inWord = true
+		case c == '"':
+			i++
+			for ; i < len(s) && s[i] != '"'; i++ {
+				if s[i] == '\\' && i+1 < len(s) && (s[i+1] == '"' || s[i+1] == '\\') {
+					i++
+				}
+				cur.WriteByte(s[i])
+			}
+			if i >= len(s) {
+				return nil, fmt.Errorf("unterminated \" quote")
+			}
+			inWord = true
+		case c == '\\':
+			if i+1 >= len(s) {
+				return nil, fmt.Errorf("backslash at the end")
+			}
+			i++
+			cur.WriteByte(s[i])
+			inWord = true
+		default:
+			cur.WriteByte(c)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	if len(words) == 0 {
+		return nil, fmt.Errorf("no agent")
+	}
+	return words, nil
+}

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -23,6 +24,9 @@ type Resource struct {
 	Witness  string  // "host:port" or ""
 	Export   string  // resource-level floating export "host:port" or ""
 	Hosts    []*Host // one or two, in file order
+	// Promoter is the `promoter { }` section (what runs on top of the device
+	// while this node is Primary), nil when the resource has none.
+	Promoter *Promoter
 }
 
 // Host is one `on NAME { }` section.
@@ -104,6 +108,63 @@ type Options struct {
 	AutoFailover bool
 }
 
+// Promoter is the `promoter { }` section, drbd-reactor's promoter in drbd.conf
+// grammar: the start list runs in order after this node became Primary and is
+// stopped in reverse before it demotes.
+type Promoter struct {
+	Start         []Service     // the start list, in file order
+	StartTimeout  time.Duration // bound on each start (and the device attach), seconds in the file
+	StopTimeout   time.Duration // bound on each stop (and the device detach), seconds in the file
+	OnStopFailure string        // shell command run once when a stop fails, "" for none
+	AttachDevice  bool          // attach this host's `device` to the local export before the start list
+}
+
+// ServiceKind says how a start-list entry is started and stopped.
+type ServiceKind string
+
+const (
+	ServiceSystemd ServiceKind = "systemd" // systemctl start|stop UNIT
+	ServiceOCF     ServiceKind = "ocf"     // OCF_ROOT/resource.d/PROVIDER/AGENT start|stop
+	ServiceCommand ServiceKind = "command" // a pair of shell commands
+)
+
+// Service is one entry of the promoter's start list.
+type Service struct {
+	Kind ServiceKind
+	Unit string // ServiceSystemd: the unit name with its suffix (mariadb.service)
+	// ServiceOCF: `ocf:PROVIDER:AGENT [INSTANCE] NAME=VALUE...`. Instance is
+	// "" when not given; Params keep the file's order.
+	Provider, Agent, Instance string
+	Params                    []OCFParam
+	// ServiceCommand: `start "COMMAND" stop "COMMAND"`, run with /bin/sh -c.
+	StartCommand, StopCommand string
+}
+
+// OCFParam is one NAME=VALUE of an OCF agent entry; the agent sees it as
+// OCF_RESKEY_NAME=VALUE.
+type OCFParam struct {
+	Name, Value string
+}
+
+// String names the entry for logs and errors: the unit, the OCF line as
+// Format prints it, or the start command.
+func (s Service) String() string {
+	switch s.Kind {
+	case ServiceSystemd:
+		return s.Unit
+	case ServiceOCF:
+		parts := []string{"ocf:" + s.Provider + ":" + s.Agent}
+		if s.Instance != "" {
+			parts = append(parts, s.Instance)
+		}
+		for _, p := range s.Params {
+			parts = append(parts, p.Name+"="+shellQuote(p.Value))
+		}
+		return strings.Join(parts, " ")
+	}
+	return s.StartCommand
+}
+
 // Defaults. Where twinbd differs from DRBD the comment says so.
 func defaultNet() Net {
 	return Net{
@@ -140,6 +201,12 @@ func defaultDisk() Disk {
 
 func defaultOptions() Options {
 	return Options{Quorum: "off", OnNoQuorum: "suspend-io"}
+}
+
+// defaultPromoter is what an empty `promoter { }` section means. 90 s is
+// systemd's DefaultTimeoutStartSec/DefaultTimeoutStopSec.
+func defaultPromoter() Promoter {
+	return Promoter{StartTimeout: 90 * time.Second, StopTimeout: 90 * time.Second, AttachDevice: true}
 }
 
 // Load reads the resource file at path, follows its includes and validates it.
@@ -226,6 +293,15 @@ func (r *Resource) Redacted() *Resource {
 	for i, h := range r.Hosts {
 		hc := *h
 		c.Hosts[i] = &hc
+	}
+	if r.Promoter != nil {
+		p := *r.Promoter
+		p.Start = make([]Service, len(r.Promoter.Start))
+		for i, sv := range r.Promoter.Start {
+			sv.Params = slices.Clone(sv.Params)
+			p.Start[i] = sv
+		}
+		c.Promoter = &p
 	}
 	if c.Net.SharedSecret != "" {
 		c.Net.SharedSecret = "<redacted>"

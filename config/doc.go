@@ -5,8 +5,9 @@
 //	file      = { statement } .
 //	statement = "include" VALUE ";"
 //	          | "common" "{" { section } "}"
-//	          | "resource" NAME "{" { section | host | reskey } "}" .
+//	          | "resource" NAME "{" { section | host | reskey | promoter } "}" .
 //	section   = ( "net" | "disk" | "handlers" | "options" ) "{" { KEY VALUE ";" } "}" .
+//	promoter  = "promoter" "{" { "start" VALUE [ "stop" VALUE ] ";" | KEY VALUE ";" } "}" .
 //	host      = "on" NAME "{" { KEY VALUE ";" } "}" .
 //	reskey    = ( "witness" | "export" ) VALUE ";" .
 //	VALUE     = WORD | STRING .
@@ -28,6 +29,15 @@
 // and bitmap-granularity. Times are whole seconds (ping-int, connect-int) or tenths
 // of a second (ping-timeout, timeout, c-plan-ahead, c-delay-target), as in DRBD.
 // Booleans are yes or no.
+//
+// The promoter section (resource level only, not in common) is drbd-reactor's
+// promoter: `start` repeats, once per entry of the start list, in order. An entry
+// is a systemd unit (a name with a unit suffix: var-lib-mysql.mount,
+// mariadb.service), an OCF agent line ("ocf:heartbeat:IPaddr2 ip_mysql
+// ip=10.9.42.1 cidr_netmask=24", split with shell quoting rules, no expansion), or
+// a command pair: start "COMMAND" stop "COMMAND". The other keys are
+// start-timeout and stop-timeout (seconds, each entry), on-stop-failure (a shell
+// command) and attach-device (yes or no).
 //
 // Nothing is silently ignored: an unknown section or key, a duplicate key, a value
 // out of range, a missing required key in an on section, or a third on section is an

@@ -90,6 +90,24 @@ func (r *Resource) Format() string {
 	w.kv("auto-failover", yn(r.Options.AutoFailover))
 	w.close()
 
+	if p := r.Promoter; p != nil {
+		w.open("promoter")
+		for _, sv := range p.Start {
+			if sv.Kind == ServiceCommand {
+				w.kv("start", quote(sv.StartCommand)+" stop "+quote(sv.StopCommand))
+			} else {
+				w.kv("start", word(sv.String()))
+			}
+		}
+		w.kv("start-timeout", units(p.StartTimeout, time.Second))
+		w.kv("stop-timeout", units(p.StopTimeout, time.Second))
+		if p.OnStopFailure != "" {
+			w.kv("on-stop-failure", quote(p.OnStopFailure))
+		}
+		w.kv("attach-device", yn(p.AttachDevice))
+		w.close()
+	}
+
 	if r.Witness != "" {
 		w.kv("witness", word(r.Witness))
 	}
@@ -196,4 +214,14 @@ func word(s string) string {
 		}
 	}
 	return s
+}
+
+// shellQuote returns s as one shell word for an OCF parameter value: bare when
+// nothing in it needs quoting, else in single quotes (an embedded single quote
+// closes the quoting, is escaped with a backslash and reopens it).
+func shellQuote(s string) string {
+	if !strings.ContainsAny(s, " \t'\"\\") {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -16,6 +16,8 @@ func FuzzParse(f *testing.F) {
 		res("net { protocol D; }"),
 		"resource r { on a { node-id 0; address [::1]:1; disk \"a\\\"b\"; meta-disk internal; } }",
 		"resource r { disk { size 1G; resync-rate 100; c-fill-target 1; } on a { node-id 0; address h:1; disk d; meta-disk internal; } }",
+		promoterExample,
+		res(`promoter { start "ocf:h:a i x='a b' y=\\\"q\\\" z=a\\'b"; start up stop down; }`),
 	} {
 		f.Add([]byte(s))
 	}
@@ -54,6 +56,9 @@ func FuzzValue(f *testing.F) {
 		srcs := []string{
 			"resource r { witness " + q + "; export " + q + "; " + host0 + " }",
 			"resource r { on a { node-id 0; address " + q + "; disk " + q + "; meta-disk " + q + "; export " + q + "; device " + q + "; } }",
+			"resource r { promoter { start " + q + "; start " + q + " stop " + q + "; on-stop-failure " + q + "; } " + host0 + " }",
+			"resource r { promoter { start-timeout " + q + "; stop-timeout " + q + "; attach-device " + q + "; } " + host0 + " }",
+			"resource r { promoter { start \"ocf:h:a i p=\"" + q[1:] + "; } " + host0 + " }",
 		}
 		for _, k := range keys {
 			srcs = append(srcs, "resource r { "+k[0]+" { "+k[1]+" "+q+"; } "+host0+" }")
