@@ -221,6 +221,8 @@ func (d *Daemon) handle(ctx context.Context, req Request) Response {
 		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.InvalidateRemote() })
 	case "outdate":
 		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.Outdate() })
+	case "resume-io":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.ResumeIO() })
 	case "verify":
 		var results []VerifyResult
 		resp := d.forEach(req.Resource, func(r *replication.Resource) (string, error) {
@@ -313,7 +315,7 @@ func codeFor(err error) int {
 	switch {
 	case errors.Is(err, replication.ErrNoUpToDate):
 		return CodeNoUpToDate
-	case errors.Is(err, replication.ErrInUse):
+	case errors.Is(err, replication.ErrInUse), errors.Is(err, replication.ErrNoQuorum), errors.Is(err, replication.ErrNotPrimary):
 		return CodeStateFail
 	case errors.Is(err, replication.ErrNotConnected):
 		return CodeNotConnected

@@ -27,6 +27,9 @@ func (r *Resource) ReadAt(p []byte, off int64) error {
 	}
 	r.pending.Add(1)
 	err := r.local.ReadAt(p, off)
+	if err == nil {
+		err = r.awaitIO(false)
+	}
 	r.pending.Add(-1)
 	if err == nil {
 		r.readBytes.Add(int64(len(p)))
@@ -70,6 +73,9 @@ func (r *Resource) Flush() error {
 	if peer != nil {
 		// false: the link died; what the peer may lack is in the bitmap.
 		<-peer
+	}
+	if err == nil {
+		err = r.awaitIO(false)
 	}
 	return err
 }
@@ -148,6 +154,7 @@ func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) M
 		// The peer may have the new data and this disk not.
 		r.bm.SetRange(off, length)
 	}
+	unreplicated := p == nil
 	if p != nil {
 		switch {
 		case fua || s.proto == 'C':
@@ -159,9 +166,20 @@ func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) M
 			if _, isTrim := m.(*TrimMsg); isTrim {
 				// A trim has no FUA flag on the wire: a barrier makes it
 				// durable on the peer.
-				<-s.barrier()
+				if !<-s.barrier() {
+					unreplicated = true
+				}
 			}
 		}
+		select {
+		case <-p.done:
+			unreplicated = unreplicated || !p.ok
+		default: // protocol A or B, still in flight
+		}
 	}
-	return lerr
+	if lerr != nil {
+		return lerr
+	}
+	// Quorum, and for a write the peer lacks, fencing (quorum.go).
+	return r.awaitIO(unreplicated)
 }

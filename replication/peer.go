@@ -74,6 +74,14 @@ func (r *Resource) runPeer(ctx context.Context) {
 			}
 			continue
 		}
+		if r.fo.fencing.Load() {
+			// A Primary reconnects only once the peer is fenced and the
+			// new generation started (quorum.go).
+			if !sleepCtx(ctx, r.connectCh, 100*time.Millisecond) {
+				return
+			}
+			continue
+		}
 		r.setConn(ConnConnecting, "")
 		if !r.dialer() && ln == nil {
 			var err error

@@ -15,6 +15,7 @@ import (
 	"github.com/twinbd/twinbd/bitmap"
 	"github.com/twinbd/twinbd/config"
 	"github.com/twinbd/twinbd/device"
+	"github.com/twinbd/twinbd/failover"
 	"github.com/twinbd/twinbd/nbd"
 )
 
@@ -111,6 +112,12 @@ type Resource struct {
 	sess   atomic.Pointer[session]
 	handle func(name, command string)
 
+	// failover (quorum.go)
+	fo            foState
+	fencePeerHook func(ctx context.Context, command string) (int, error)
+	services      Services
+	bg            sync.WaitGroup // witness and auto-failover loops
+
 	stopPeer context.CancelFunc
 	peerDone chan struct{}
 
@@ -172,6 +179,11 @@ func Up(opts Options) (*Resource, error) {
 	sb := meta.Superblock()
 	r.disk = diskStateFromFlags(sb.Flags)
 	r.handle = opts.Handler
+	r.fencePeerHook = opts.FencePeer
+	r.services = opts.Services
+	r.fo.epoch = time.Now()
+	r.fo.upAt = r.fo.epoch
+	r.fo.resumed = make(chan struct{})
 	r.link = linkState{conn: ConnStandAlone, peerRole: RoleUnknown, peerDisk: DiskDUnknown}
 	if len(r.peers) > 1 {
 		return fail(fmt.Errorf("replication: %s: %d peers; twinbd replicates between two nodes", opts.Res.Name, len(r.peers)))
@@ -198,6 +210,16 @@ func Up(opts Options) (*Resource, error) {
 		r.peerDone = make(chan struct{})
 		r.link.conn = ConnConnecting
 		go r.runPeer(ctx)
+		if opts.Res.Witness != "" {
+			r.fo.wc = &failover.WitnessClient{
+				Addr: opts.Res.Witness, Resource: opts.Res.Name, Node: host.NodeID,
+				Secret: opts.Res.Net.SharedSecret, Timeout: r.renewEvery(),
+			}
+			r.bg.Go(func() { r.runWitness(ctx) })
+		}
+		if opts.Res.Options.AutoFailover {
+			r.bg.Go(func() { r.runAutoFailover(ctx) })
+		}
 	}
 	return r, nil
 }
@@ -400,6 +422,65 @@ func (r *Resource) DiskState() DiskState {
 // data generation starts: that is how the initial sync source is chosen,
 // and how an operator recovers from losing the other node.
 func (r *Resource) Primary(force bool) error {
+	return r.promote(context.Background(), force, false)
+}
+
+// promote is Primary; auto is an automatic promotion (runAutoFailover):
+// the peer was Primary and vanished while this node's data was UpToDate.
+//
+// Without a connected peer and without force, a resource with a witness
+// needs the witness's grant (which also records the peer Outdated), and a
+// resource with `quorum majority` but no witness has no quorum at all.
+// Then the start list (Services) runs; if it fails, the node demotes.
+func (r *Resource) promote(ctx context.Context, force, auto bool) error {
+	r.mu.Lock()
+	if r.down {
+		r.mu.Unlock()
+		return ErrDown
+	}
+	if r.role == RolePrimary {
+		r.mu.Unlock()
+		return nil
+	}
+	disconnected := r.peer != nil && r.sess.Load() == nil
+	r.mu.Unlock()
+	granted := false
+	if disconnected && !force {
+		switch {
+		case r.fo.wc != nil:
+			if err := r.askWitnessPromote(ctx); err != nil {
+				return fmt.Errorf("%w; the peer is not connected. If the peer's data is gone, `twinbd primary --force %s` promotes anyway (and risks a split brain if the peer is alive)", err, r.res.Name)
+			}
+			granted = true
+		case r.quorumEnforced():
+			return fmt.Errorf("%w: the peer is not connected and no witness is configured (quorum majority of 2 needs both nodes); `twinbd primary --force %s` promotes anyway if the peer is gone", ErrNoQuorum, r.res.Name)
+		}
+	}
+	if err := r.promoteLocked(force, auto || granted); err != nil {
+		if granted {
+			r.releaseWitness()
+		}
+		return err
+	}
+	if disconnected && !force && r.fenceRequired() {
+		r.startFencing(granted, auto)
+	}
+	if r.services != nil {
+		if err := r.services.Start(ctx); err != nil {
+			r.log.Error("services did not start: demoting", "err", err)
+			if derr := r.demote(true, true); derr != nil {
+				r.log.Error("demotion after failed start", "err", derr)
+			}
+			return fmt.Errorf("replication: %s: promoted, but the start list failed, so it demoted again: %w", r.res.Name, err)
+		}
+	}
+	return nil
+}
+
+// promoteLocked takes r.mu and does the promotion; known: the data is
+// known current though only Consistent (witness grant, or automatic
+// failover from an UpToDate state).
+func (r *Resource) promoteLocked(force, known bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.down {
@@ -416,7 +497,7 @@ func (r *Resource) Primary(force bool) error {
 	if sess != nil && r.link.peerRole == RolePrimary {
 		return fmt.Errorf("%w: the peer %s is Primary; demote it first (twinbd secondary %s on %s): two Primaries are never allowed", ErrInUse, r.peer.Name, r.res.Name, r.peer.Name)
 	}
-	upToDate := r.disk == DiskUpToDate || (r.disk == DiskConsistent && len(r.peers) == 0)
+	upToDate := r.disk == DiskUpToDate || (r.disk == DiskConsistent && (len(r.peers) == 0 || known))
 	if r.link.repl == ReplSyncTarget {
 		return fmt.Errorf("%w: local disk is SyncTarget (Inconsistent) of a running resync; wait for it (twinbd wait-sync %s)", ErrNoUpToDate, r.res.Name)
 	}
@@ -472,6 +553,7 @@ func (r *Resource) Primary(force bool) error {
 	})
 	r.ln = ln
 	r.role = RolePrimary
+	r.fo.failIO.Store(false)
 	r.writable.Store(true)
 	srv := r.server
 	r.serveWG.Go(func() {
@@ -505,9 +587,31 @@ func (r *Resource) ExportAddr() string {
 // read, every request already read is answered, and the disk is flushed
 // before the role changes.
 func (r *Resource) Secondary(force bool) error {
+	return r.demote(force, true)
+}
+
+// demote stops the services (when this node is Primary), demotes, and
+// with release gives the witness lease up so the peer can take over at
+// once.
+func (r *Resource) demote(force, release bool) error {
+	if r.Role() != RolePrimary {
+		return nil
+	}
+	if r.services != nil {
+		if err := r.services.Stop(context.Background()); err != nil {
+			if !force {
+				return fmt.Errorf("replication: %s: the start list did not stop cleanly, still Primary: %w", r.res.Name, err)
+			}
+			r.log.Error("services did not stop cleanly; demoting anyway (--force)", "err", err)
+		}
+	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.secondaryLocked(force)
+	err := r.secondaryLocked(force)
+	r.mu.Unlock()
+	if err == nil && release {
+		r.releaseWitness()
+	}
+	return err
 }
 
 func (r *Resource) secondaryLocked(force bool) error {
@@ -517,8 +621,14 @@ func (r *Resource) secondaryLocked(force bool) error {
 	if n := r.server.Connections(); n > 0 && !force {
 		return fmt.Errorf("%w: %d NBD client(s) connected to %s; disconnect them (nbd-client -d /dev/nbdX, unmount first) or use `twinbd secondary --force %s`", ErrInUse, n, r.ln.Addr(), r.res.Name)
 	}
-	// Shutdown stops reading, answers what was read, then closes every
-	// connection; only a drain stuck past the timeout drops answers.
+	// Requests waiting for quorum or fencing fail now; Shutdown stops
+	// reading, answers what was read, then closes every connection; only
+	// a drain stuck past the timeout drops answers.
+	if force {
+		r.fo.failIO.Store(true)
+		close(r.fo.resumed)
+		r.fo.resumed = make(chan struct{})
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := r.server.Shutdown(ctx); err != nil {
@@ -526,6 +636,7 @@ func (r *Resource) secondaryLocked(force bool) error {
 	}
 	r.serveWG.Wait()
 	r.writable.Store(false)
+	r.fo.fencing.Store(false)
 	r.server, r.ln = nil, nil
 	r.role = RoleSecondary
 	if err := r.data.Flush(); err != nil {
@@ -546,15 +657,14 @@ func (r *Resource) secondaryLocked(force bool) error {
 // Idempotent.
 func (r *Resource) Down(force bool) error {
 	r.mu.Lock()
-	if r.down {
-		r.mu.Unlock()
+	down := r.down
+	r.mu.Unlock()
+	if down {
 		return nil
 	}
-	if err := r.secondaryLocked(force); err != nil {
-		r.mu.Unlock()
+	if err := r.demote(force, true); err != nil {
 		return err
 	}
-	r.mu.Unlock()
 	if r.stopPeer != nil {
 		if s := r.sess.Load(); s != nil {
 			s.drain()
@@ -562,6 +672,7 @@ func (r *Resource) Down(force bool) error {
 		}
 		r.stopPeer()
 		<-r.peerDone
+		r.bg.Wait()
 		r.tr.Close()
 	}
 	r.mu.Lock()

@@ -288,6 +288,7 @@ func (r *Resource) runSession(ctx context.Context, data, meta net.Conn) error {
 		s.mu.Unlock()
 		return err
 	}
+	r.fo.lastPing.Store(r.stamp()) // heard from the peer just now
 	var loops sync.WaitGroup
 	loops.Go(s.readMeta)
 	loops.Go(s.readData)
@@ -572,8 +573,11 @@ func (s *session) readMeta() {
 		}
 		switch m := m.(type) {
 		case *PingMsg:
-			go s.sendMeta(&PingAckMsg{})
+			r.fo.lastPing.Store(r.stamp())
+			seq := f.Seq
+			go s.mw.send(seq, &PingAckMsg{})
 		case *PingAckMsg:
+			r.pingAcked(f.Seq)
 		case *RecvAckMsg:
 			s.mu.Lock()
 			p := s.pend[m.Seq]
@@ -614,24 +618,23 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// pinger sends a Ping every ping-int (readMeta drops the link when nothing
-// arrives for ping-int + ping-timeout).
+// pinger sends a Ping at once and then every T/3 (T = ping-int +
+// ping-timeout; readMeta drops the link when nothing arrives for T). Each
+// answered Ping extends the peer lease (quorum.go) from its send time.
 func (s *session) pinger() {
 	r := s.r
-	every := r.res.Net.PingInt
-	if every <= 0 {
-		every = time.Second
-	}
-	t := time.NewTicker(every)
+	t := time.NewTicker(r.renewEvery())
 	defer t.Stop()
-	for {
+	for seq := uint64(1); ; seq++ {
+		r.pingSent(seq)
+		if err := s.mw.send(seq, &PingMsg{}); err != nil {
+			s.fail(fmt.Errorf("meta channel: %w", err))
+			return
+		}
 		select {
 		case <-s.deadCh:
 			return
 		case <-t.C:
-		}
-		if s.sendMeta(&PingMsg{}) != nil {
-			return
 		}
 	}
 }
@@ -944,15 +947,24 @@ func (s *session) teardown() {
 	// is not enough here: a peer may have adopted this generation (resync
 	// done) without its UpToDate state having arrived yet, and then writes
 	// after the split would not be found behind a shared current UUID
-	// (found by TestPairRandomFaults, seed 1).
+	// (found by TestPairRandomFaults, seed 1). With fencing (a witness, or
+	// resource-and-stonith) the new generation waits until the peer is
+	// fenced, and so do the writes it lacks (quorum.go).
 	// No r.mu until the waiting writes are answered: a demotion holding
 	// r.mu may be draining exactly those writes.
-	if r.writable.Load() && r.meta.Superblock().Bitmap == 0 {
-		if err := r.meta.Update(func(sb *bitmap.Superblock) {
-			g := NewCurrentUUID(Generation{Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History}, randomUUID())
-			sb.Current, sb.Bitmap, sb.History = g.Current, g.Bitmap, g.History
-		}); err != nil {
-			r.log.Error("new current UUID after losing the peer", "err", err)
+	if r.writable.Load() {
+		if r.fenceRequired() {
+			r.startFencing(false, false)
+		} else if r.meta.Superblock().Bitmap == 0 {
+			if err := r.meta.Update(func(sb *bitmap.Superblock) {
+				g := NewCurrentUUID(Generation{Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History}, randomUUID())
+				sb.Current, sb.Bitmap, sb.History = g.Current, g.Bitmap, g.History
+			}); err != nil {
+				r.log.Error("new current UUID after losing the peer", "err", err)
+			}
+		}
+		if r.res.Net.Fencing == "resource-only" {
+			r.runHandler("fence-peer", r.res.Handlers.FencePeer)
 		}
 	}
 	r.sess.Store(nil)
@@ -968,6 +980,7 @@ func (s *session) teardown() {
 		r.link.conn = ConnConnecting
 	}
 	r.link.repl = ReplOff
+	r.fo.peerWasPrimary.Store(r.link.peerRole == RolePrimary && r.role != RolePrimary)
 	r.link.peerRole = RoleUnknown
 	r.link.peerDisk = DiskDUnknown
 	if r.disk == DiskUpToDate && r.role != RolePrimary && len(r.peers) > 0 {

@@ -19,6 +19,14 @@ type Status struct {
 	Connections []ConnectionStatus `json:"connections"`
 	// Export is twinbd's own addition: where the NBD export listens ("" when not serving).
 	Export string `json:"export,omitempty"`
+	// SuspendedReason is twinbd's addition: why I/O is suspended
+	// ("fencing" or "quorum"; drbdsetup's text shows the same words).
+	SuspendedReason string `json:"suspended-reason,omitempty"`
+	// Witness is twinbd's addition: whether the witness answers
+	// ("connected", "unreachable"; absent without a witness) and whether it
+	// records this node Outdated.
+	Witness         string `json:"witness,omitempty"`
+	WitnessOutdated bool   `json:"witness-outdated,omitempty"`
 }
 
 // DeviceStatus is the local volume. Sizes and counters are in KiB.
@@ -82,14 +90,23 @@ func (r *Resource) Status() Status {
 	}
 	r.mu.Unlock()
 	pending := r.pending.Load()
+	susp := r.suspended()
 	st := Status{
 		Name: r.res.Name, NodeID: r.host.NodeID, Role: role.String(), Export: export,
+		Suspended: susp != "", SuspendedReason: susp,
 		Devices: []DeviceStatus{{
-			DiskState: disk.String(), Quorum: true, Size: r.size / 1024,
+			DiskState: disk.String(), Quorum: r.haveQuorum(), Size: r.size / 1024,
 			Read: r.readBytes.Load() / 1024, Written: r.writtenBytes.Load() / 1024,
 			UpperPending: pending, LowerPending: pending,
 		}},
 		Connections: []ConnectionStatus{},
+	}
+	if r.fo.wc != nil {
+		st.Witness = "unreachable"
+		if r.fo.witnessUp.Load() {
+			st.Witness = "connected"
+		}
+		st.WitnessOutdated = r.fo.outdatedHere.Load()
 	}
 	st.Devices[0].BMWrites = r.meta.BitmapWrites()
 	if r.al != nil {
@@ -163,12 +180,18 @@ func (s Status) WriteText(w io.Writer, verbose bool) {
 		fmt.Fprintf(&b, " node-id:%d", s.NodeID)
 	}
 	fmt.Fprintf(&b, " role:%s", s.Role)
-	if verbose {
-		fmt.Fprintf(&b, " suspended:%s", yesNo(s.Suspended))
+	switch {
+	case s.Suspended:
+		fmt.Fprintf(&b, " suspended:%s", s.SuspendedReason)
+	case verbose:
+		b.WriteString(" suspended:no")
 	}
 	b.WriteString("\n")
 	for _, d := range s.Devices {
 		fmt.Fprintf(&b, "  disk:%s", d.DiskState)
+		if !d.Quorum && !verbose {
+			b.WriteString(" quorum:no")
+		}
 		if verbose {
 			fmt.Fprintf(&b, " quorum:%s size:%d read:%d written:%d al-writes:%d bm-writes:%d upper-pending:%d lower-pending:%d",
 				yesNo(d.Quorum), d.Size, d.Read, d.Written, d.ALWrites, d.BMWrites, d.UpperPending, d.LowerPending)

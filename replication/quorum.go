@@ -1,0 +1,486 @@
+package replication
+
+// Quorum, fencing and automatic promotion (invariants 5 and 6).
+//
+// Quorum (options { quorum majority; }): a node has quorum while it holds a
+// lease from its peer or from the witness. A lease is taken at the moment
+// a request is sent (a Ping to the peer, a renew to the witness) and lasts
+// T = ping-int + ping-timeout from then, once the answer has arrived. The
+// other side treats it as alive for T + margin from when it received the
+// request, which is later. So the holder's lease always ends first.
+//
+// A Primary without quorum does not answer I/O (on-no-quorum suspend-io:
+// requests wait until quorum returns or the node demotes; io-error: they
+// fail with EIO). The check happens just before each answer, so the bound
+// is exact: no answer leaves a Primary more than T after the last request
+// its peer or the witness answered.
+//
+// The other side: a Secondary that lost its Primary asks the witness for
+// the lease only after T + margin has passed since the last Ping it
+// received from the Primary (every Ping the Primary's lease counts from
+// was received no later than that), and the witness grants only when the
+// Primary's witness lease has expired in its own view (T + margin after the
+// last renew it received). So by the time the Secondary is granted, the
+// old Primary's own quorum check already fails: two nodes never answer I/O
+// in the same instant.
+//
+// Fencing (invariant 6): a Primary that loses its peer answers no write the
+// peer does not have until the peer is recorded Outdated where a later
+// promotion sees it: at the witness (when one is configured) and by the
+// fence-peer handler (fencing resource-and-stonith). Until then such writes
+// wait (status: suspended:fencing); `resume-io` lets an operator declare
+// the peer fenced. The new data generation starts only when fencing is
+// done, and the peer link does not reconnect before, so a peer that comes
+// back meanwhile is found behind by the bitmap.
+//
+// Automatic promotion (options { auto-failover yes; }): a Secondary whose
+// Primary peer vanished promotes itself when its data was UpToDate, it is
+// not Outdated, fence-peer (if fencing is configured) succeeded and the
+// witness (if configured) granted the primary lease. An Outdated or
+// Inconsistent node never promotes itself.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twinbd/twinbd/bitmap"
+	"github.com/twinbd/twinbd/failover"
+)
+
+// leaseMargin is how much longer the other side of a lease waits than the
+// holder trusts it.
+const leaseMargin = failover.WitnessMargin
+
+// ErrNoQuorum: I/O refused (on-no-quorum io-error) or promotion refused
+// because this node has no quorum.
+var ErrNoQuorum = errors.New("no quorum")
+
+// foState is the failover state of a resource.
+type foState struct {
+	epoch time.Time // monotonic base of the nanosecond stamps below
+
+	peerLease atomic.Int64 // quorum through the peer until (ns since epoch)
+	witLease  atomic.Int64 // quorum through the witness until
+	lastPing  atomic.Int64 // when the last Ping from the peer arrived
+
+	pingMu   sync.Mutex
+	pingSent [8]int64 // send time of ping seq%8
+
+	fencing     atomic.Bool // Primary: unreplicated writes wait for the peer to be fenced
+	fenceFailed atomic.Bool // the fence-peer handler failed: only resume-io helps
+	failIO      atomic.Bool // demoting: waiting I/O fails
+	resumed     chan struct{}
+
+	wc           *failover.WitnessClient
+	witnessUp    atomic.Bool // the last witness request got an answer
+	outdatedHere atomic.Bool // the witness says this node is Outdated
+
+	// Set by teardown: the peer was Primary when the link went down.
+	peerWasPrimary atomic.Bool
+	upAt           time.Time
+}
+
+// stamp is now in ns since the failover epoch (monotonic).
+func (r *Resource) stamp() int64 { return int64(time.Since(r.fo.epoch)) }
+
+// leaseLen is T: ping-int + ping-timeout.
+func (r *Resource) leaseLen() time.Duration {
+	t := r.res.Net.PingInt + r.res.Net.PingTimeout
+	if t <= 0 {
+		t = 1500 * time.Millisecond
+	}
+	return t
+}
+
+// renewEvery is how often leases are renewed (pings, witness renews).
+func (r *Resource) renewEvery() time.Duration { return r.leaseLen() / 3 }
+
+func (r *Resource) quorumEnforced() bool { return r.res.Options.Quorum == "majority" && r.peer != nil }
+
+// haveQuorum reports whether this node holds a lease now.
+func (r *Resource) haveQuorum() bool {
+	if !r.quorumEnforced() {
+		return true
+	}
+	now := r.stamp()
+	return now < r.fo.peerLease.Load() || now < r.fo.witLease.Load()
+}
+
+// fenceRequired reports whether a Primary that loses its peer must wait
+// for the peer to be fenced before answering writes it does not have.
+func (r *Resource) fenceRequired() bool {
+	if r.peer == nil {
+		return false
+	}
+	return r.fo.wc != nil || (r.res.Net.Fencing == "resource-and-stonith" && r.res.Handlers.FencePeer != "" && r.fencePeerHook != nil)
+}
+
+// suspended is why I/O waits ("" when it does not): fencing or quorum.
+func (r *Resource) suspended() string {
+	if !r.writable.Load() {
+		return ""
+	}
+	if r.fo.fencing.Load() {
+		return "fencing"
+	}
+	if !r.haveQuorum() && r.res.Options.OnNoQuorum != "io-error" {
+		return "quorum"
+	}
+	return ""
+}
+
+// pingSent records when ping seq left (for the peer lease).
+func (r *Resource) pingSent(seq uint64) {
+	r.fo.pingMu.Lock()
+	r.fo.pingSent[seq%8] = r.stamp()
+	r.fo.pingMu.Unlock()
+}
+
+// pingAcked extends the peer lease from the send time of ping seq.
+func (r *Resource) pingAcked(seq uint64) {
+	r.fo.pingMu.Lock()
+	sent := r.fo.pingSent[seq%8]
+	r.fo.pingMu.Unlock()
+	if sent == 0 {
+		return
+	}
+	until := sent + int64(r.leaseLen())
+	for {
+		old := r.fo.peerLease.Load()
+		if until <= old || r.fo.peerLease.CompareAndSwap(old, until) {
+			return
+		}
+	}
+}
+
+// awaitIO is called before an answer leaves this node. unreplicated: the
+// answer is for a write the peer may not have. It returns nil when the
+// answer may go, or an error (EIO) when the request must fail.
+func (r *Resource) awaitIO(unreplicated bool) error {
+	if r.peer == nil {
+		return nil
+	}
+	for {
+		if r.fo.failIO.Load() || !r.writable.Load() {
+			return fmt.Errorf("%w: %s is no longer Primary", ErrNotPrimary, r.res.Name)
+		}
+		q := r.haveQuorum()
+		fencing := unreplicated && r.fo.fencing.Load()
+		if q && !fencing {
+			return nil
+		}
+		if !q && r.res.Options.OnNoQuorum == "io-error" {
+			return fmt.Errorf("%w: %s lost quorum (on-no-quorum io-error)", ErrNoQuorum, r.res.Name)
+		}
+		select {
+		case <-r.fo.resumed:
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// startFencing marks unreplicated writes as waiting and fences the peer in
+// the background. witnessDone: the witness already outdated the peer (a
+// granted promotion); handlerDone: fence-peer already succeeded (automatic
+// promotion). Called with the session gone, before any waiting write is
+// answered.
+func (r *Resource) startFencing(witnessDone, handlerDone bool) {
+	needHandler := r.res.Net.Fencing == "resource-and-stonith" && r.res.Handlers.FencePeer != "" && r.fencePeerHook != nil
+	if (witnessDone || r.fo.wc == nil) && (handlerDone || !needHandler) {
+		return
+	}
+	if !r.fo.fencing.CompareAndSwap(false, true) {
+		return
+	}
+	r.fo.fenceFailed.Store(false)
+	r.log.Warn("peer lost while Primary: writes the peer lacks wait until it is fenced", "peer", r.peer.Name)
+	go r.fencePeer(witnessDone, handlerDone)
+}
+
+// fencePeer records the peer Outdated at the witness and runs the
+// fence-peer handler, as configured; then starts the new data generation
+// and lets waiting writes go.
+func (r *Resource) fencePeer(witnessDone, handlerDone bool) {
+	ctx := context.Background()
+	if r.fo.wc != nil && !witnessDone {
+		var last string
+		for r.fo.fencing.Load() && r.writable.Load() {
+			rep, err := r.fo.wc.Call(ctx, failover.WitnessRequest{Op: failover.OpOutdate, Peer: r.peer.NodeID, LeaseMS: r.leaseLen().Milliseconds()})
+			if err == nil && rep.OK {
+				r.log.Warn("peer recorded Outdated at the witness", "peer", r.peer.Name)
+				break
+			}
+			if err == nil && (rep.Outdated || rep.Primary == r.peer.NodeID) {
+				// The peer was promoted: this node must not write on.
+				r.lostPrimary("the witness refused to outdate the peer: " + rep.Reason)
+				return
+			}
+			msg := fmt.Sprint(err)
+			if err == nil {
+				msg = rep.Reason
+			}
+			if msg != last {
+				r.log.Warn("cannot outdate the peer at the witness yet; writes wait", "err", msg)
+				last = msg
+			}
+			select {
+			case <-r.fo.resumed:
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	if !r.fo.fencing.Load() { // resume-io or demotion meanwhile
+		return
+	}
+	if !handlerDone && r.res.Net.Fencing == "resource-and-stonith" && r.res.Handlers.FencePeer != "" && r.fencePeerHook != nil {
+		code, err := r.fencePeerHook(ctx, r.res.Handlers.FencePeer)
+		out := failover.InterpretFencePeer(code)
+		switch {
+		case err == nil && out.PeerFenced():
+			r.log.Warn("fence-peer: peer fenced", "outcome", out.String())
+		case err == nil && out == failover.FencePeerPrimary:
+			r.lostPrimary("fence-peer says the peer is Primary")
+			return
+		default:
+			r.fo.fenceFailed.Store(true)
+			r.log.Error("fence-peer failed: I/O stays frozen until `twinbd resume-io` (fencing resource-and-stonith)",
+				"resource", r.res.Name, "exit", code, "err", err)
+			return
+		}
+	}
+	r.fenced()
+}
+
+// fenced ends a fencing episode: new data generation, writes go on.
+func (r *Resource) fenced() {
+	if r.meta.Superblock().Bitmap == 0 {
+		if err := r.meta.Update(func(sb *bitmap.Superblock) {
+			g := NewCurrentUUID(Generation{Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History}, randomUUID())
+			sb.Current, sb.Bitmap, sb.History = g.Current, g.Bitmap, g.History
+		}); err != nil {
+			r.log.Error("new current UUID after losing the peer", "err", err)
+			return // writes keep waiting: the generation must move first
+		}
+	}
+	r.fo.fencing.Store(false)
+	r.fo.fenceFailed.Store(false)
+	r.wakeIO()
+}
+
+// wakeIO wakes requests waiting in awaitIO.
+func (r *Resource) wakeIO() {
+	r.mu.Lock()
+	close(r.fo.resumed)
+	r.fo.resumed = make(chan struct{})
+	r.mu.Unlock()
+}
+
+// ResumeIO is `resume-io`: the operator declares the lost peer fenced
+// (outdated, or dead), and writes waiting for fencing go on. It does not
+// override lost quorum: that returns by itself, or the node demotes.
+func (r *Resource) ResumeIO() error {
+	if !r.writable.Load() {
+		return fmt.Errorf("%w: resume-io applies to a Primary", ErrNotPrimary)
+	}
+	if !r.fo.fencing.Load() {
+		if !r.haveQuorum() {
+			return fmt.Errorf("%w: I/O is suspended for lack of quorum, which resume-io cannot override: bring the peer or the witness back, or demote (twinbd secondary --force %s)", ErrNoQuorum, r.res.Name)
+		}
+		return nil
+	}
+	r.log.Warn("resume-io: the operator declared the peer fenced", "peer", r.peer.Name)
+	r.fenced()
+	return nil
+}
+
+// lostPrimary demotes a Primary that learned its peer took over: waiting
+// I/O fails, services stop, the disk is marked Outdated.
+func (r *Resource) lostPrimary(why string) {
+	r.log.Error("another node holds the primary role: demoting and marking this disk Outdated", "why", why)
+	r.fo.failIO.Store(true)
+	r.fo.fencing.Store(false)
+	r.wakeIO()
+	go func() {
+		if err := r.demote(true, false); err != nil {
+			r.log.Error("demotion after losing the primary role", "err", err)
+		}
+		r.markOutdated()
+	}()
+}
+
+// markOutdated records this node's data as Outdated (the witness says so).
+func (r *Resource) markOutdated() {
+	r.mu.Lock()
+	if r.role == RolePrimary || r.disk == DiskOutdated || r.disk == DiskInconsistent || r.sess.Load() != nil {
+		r.mu.Unlock()
+		return
+	}
+	r.mu.Unlock()
+	if err := r.meta.Update(func(sb *bitmap.Superblock) { sb.Flags |= bitmap.FlagOutdated }); err != nil {
+		r.log.Error("record Outdated", "err", err)
+		return
+	}
+	r.setDisk(DiskOutdated)
+	r.log.Warn("disk marked Outdated: the peer has newer data")
+}
+
+// runWitness renews this node's state at the witness every T/3 and keeps
+// the witness lease.
+func (r *Resource) runWitness(ctx context.Context) {
+	t := time.NewTicker(r.renewEvery())
+	defer t.Stop()
+	var lastErr string
+	for {
+		r.renewWitness(ctx, &lastErr)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (r *Resource) renewWitness(ctx context.Context, lastErr *string) {
+	r.mu.Lock()
+	role, disk := r.role, r.disk
+	peerUp := r.sess.Load() != nil && r.link.peerDisk == DiskUpToDate && r.link.conn == ConnConnected
+	r.mu.Unlock()
+	sent := r.stamp()
+	ctx, cancel := context.WithTimeout(ctx, r.renewEvery())
+	defer cancel()
+	rep, err := r.fo.wc.Call(ctx, failover.WitnessRequest{
+		Op: failover.OpRenew, Peer: r.peer.NodeID, Role: role.String(), Disk: disk.String(),
+		PeerUp: peerUp, LeaseMS: r.leaseLen().Milliseconds(),
+	})
+	if err != nil {
+		r.fo.witnessUp.Store(false)
+		if e := err.Error(); e != *lastErr {
+			r.log.Warn("witness unreachable", "witness", r.res.Witness, "err", err)
+			*lastErr = e
+		}
+		return
+	}
+	if *lastErr != "" || !r.fo.witnessUp.Load() {
+		r.log.Info("witness connected", "witness", r.res.Witness)
+		*lastErr = ""
+	}
+	r.fo.witnessUp.Store(true)
+	r.fo.outdatedHere.Store(rep.Outdated)
+	if rep.OK && !rep.Outdated {
+		until := sent + int64(r.leaseLen())
+		if old := r.fo.witLease.Load(); until > old {
+			r.fo.witLease.Store(until)
+		}
+		return
+	}
+	if role == RolePrimary && (rep.Outdated || (rep.Primary >= 0 && rep.Primary != r.host.NodeID)) && !peerUp {
+		r.lostPrimary(rep.Reason)
+		return
+	}
+	if rep.Outdated && role == RoleSecondary {
+		r.markOutdated()
+	}
+}
+
+// askWitnessPromote asks the witness for the primary lease. It first waits
+// until the peer's lease on this node's Pings has certainly expired.
+func (r *Resource) askWitnessPromote(ctx context.Context) error {
+	if wait := time.Duration(r.fo.lastPing.Load() + int64(r.leaseLen()+leaseMargin) - r.stamp()); wait > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	sent := r.stamp()
+	rep, err := r.fo.wc.Call(ctx, failover.WitnessRequest{Op: failover.OpPromote, Peer: r.peer.NodeID, LeaseMS: r.leaseLen().Milliseconds()})
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrNoQuorum, err)
+	}
+	r.fo.outdatedHere.Store(rep.Outdated)
+	if !rep.OK {
+		if rep.Outdated {
+			r.markOutdated()
+		}
+		return fmt.Errorf("%w: the witness refused: %s", ErrNoQuorum, rep.Reason)
+	}
+	r.fo.witLease.Store(sent + int64(r.leaseLen()))
+	return nil
+}
+
+// releaseWitness gives the primary lease up after a clean demotion, so the
+// peer can be granted at once.
+func (r *Resource) releaseWitness() {
+	if r.fo.wc == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	r.fo.wc.Call(ctx, failover.WitnessRequest{Op: failover.OpRelease, Peer: r.peer.NodeID, LeaseMS: r.leaseLen().Milliseconds()})
+	r.fo.witLease.Store(0)
+}
+
+// runAutoFailover promotes this Secondary when its Primary peer is gone
+// (options { auto-failover yes; }).
+func (r *Resource) runAutoFailover(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	var lastMsg string
+	var lastAt time.Time
+	fenced := false // fence-peer succeeded in this episode
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !r.fo.peerWasPrimary.Load() || r.sess.Load() != nil {
+			fenced = false
+			continue
+		}
+		r.mu.Lock()
+		ok := r.role == RoleSecondary && !r.down && (r.disk == DiskConsistent || r.disk == DiskUpToDate)
+		r.mu.Unlock()
+		if !ok || r.fo.outdatedHere.Load() {
+			continue
+		}
+		if time.Duration(r.stamp()-r.fo.lastPing.Load()) < r.leaseLen()+leaseMargin {
+			continue
+		}
+		note := func(msg string) {
+			if msg != lastMsg || time.Since(lastAt) > 10*time.Second {
+				r.log.Warn("automatic promotion: not yet", "why", msg)
+				lastMsg, lastAt = msg, time.Now()
+			}
+		}
+		if !fenced && r.res.Net.Fencing != "dont-care" && r.res.Handlers.FencePeer != "" && r.fencePeerHook != nil {
+			code, err := r.fencePeerHook(ctx, r.res.Handlers.FencePeer)
+			out := failover.InterpretFencePeer(code)
+			switch {
+			case err == nil && out.PeerFenced():
+				fenced = true
+			case err == nil && out == failover.FencePeerPrimary:
+				r.log.Warn("fence-peer says the peer is still Primary: not promoting; marking this disk Outdated")
+				r.fo.peerWasPrimary.Store(false)
+				r.markOutdated()
+				continue
+			default:
+				note(fmt.Sprintf("fence-peer failed (exit %d, %v)", code, err))
+				time.Sleep(2 * time.Second)
+				continue
+			}
+		}
+		r.log.Warn("Primary peer gone: promoting", "peer", r.peer.Name)
+		start := time.Now()
+		if err := r.promote(ctx, false, true); err != nil {
+			note(err.Error())
+			continue
+		}
+		r.fo.peerWasPrimary.Store(false)
+		r.log.Warn("automatic promotion done", "took", time.Since(start))
+	}
+}
