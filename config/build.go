@@ -776,7 +776,7 @@ func buildPromoter(s *stmt) (*Promoter, error) {
 const startForms = `expected a systemd unit such as mariadb.service, "ocf:PROVIDER:AGENT [INSTANCE] NAME=VALUE ...", or a command pair: start "COMMAND" stop "COMMAND";`
 
 var (
-	unitPattern     = regexp.MustCompile(`^[A-Za-z0-9:_.\\@-]+\.(service|socket|device|mount|automount|swap|target|path|timer|slice|scope)$`)
+	unitPattern     = regexp.MustCompile(`^[A-Za-z0-9:_\\][A-Za-z0-9:_.\\@-]*\.(service|socket|device|mount|automount|swap|target|path|timer|slice|scope)$`)
 	ocfNamePattern  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 	ocfParamPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
 )

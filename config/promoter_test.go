@@ -101,6 +101,8 @@ func TestPromoterErrors(t *testing.T) {
 		{"start without value", "promoter { start; }", `e.res:2:17: expected a value after "start", found ";" (expected a systemd unit such as mariadb.service`},
 		{"start block", "promoter { start a.service { } }", `e.res:2:28: expected ";" after start value, found "{"`},
 		{"unit without suffix", "promoter { start mariadb; }", `e.res:2:18: invalid start "mariadb" (expected a systemd unit such as mariadb.service, "ocf:PROVIDER:AGENT [INSTANCE] NAME=VALUE ...", or a command pair: start "COMMAND" stop "COMMAND";)`},
+		{"unit like an option", "promoter { start -x.service; }", `e.res:2:18: invalid start "-x.service"`},
+		{"unit without name", "promoter { start .mount; }", `e.res:2:18: invalid start ".mount"`},
 		{"command without stop", `promoter { start "/usr/bin/up"; }`, `e.res:2:18: invalid start "/usr/bin/up"`},
 		{"two values", "promoter { start a.service b.service; }", `e.res:2:28: expected ";" or stop "COMMAND" after start value, found "b.service"`},
 		{"quoted stop", `promoter { start up "stop" down; }`, `e.res:2:21: expected ";" or stop "COMMAND" after start value, found string "stop"`},
