@@ -359,6 +359,7 @@ func (d *Daemon) up(name string) Response {
 			Res: rc, Node: d.opts.Node, Logger: d.log,
 			Handler:   d.handlerFor(rc, &self),
 			FencePeer: d.fencePeerFor(rc, &self),
+			Services:  d.servicesFor(rc),
 		})
 		if err != nil {
 			return Response{Code: codeFor(err), Error: fmt.Sprintf("%s: %v", rc.Name, err)}
