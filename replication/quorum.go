@@ -73,7 +73,7 @@ type foState struct {
 	fencing     atomic.Bool // Primary: unreplicated writes wait for the peer to be fenced
 	fenceFailed atomic.Bool // the fence-peer handler failed: only resume-io helps
 	failIO      atomic.Bool // demoting: waiting I/O fails
-	resumed     chan struct{}
+	resumed     atomic.Pointer[chan struct{}] // closed and replaced to wake awaitIO
 
 	wc           *failover.WitnessClient
 	witnessUp    atomic.Bool // the last witness request got an answer
@@ -124,11 +124,11 @@ func (r *Resource) suspended() string {
 	if !r.writable.Load() {
 		return ""
 	}
-	if r.fo.fencing.Load() {
-		return "fencing"
-	}
 	if !r.haveQuorum() && r.res.Options.OnNoQuorum != "io-error" {
 		return "quorum"
+	}
+	if r.fo.fencing.Load() {
+		return "fencing"
 	}
 	return ""
 }
@@ -177,7 +177,7 @@ func (r *Resource) awaitIO(unreplicated bool) error {
 			return fmt.Errorf("%w: %s lost quorum (on-no-quorum io-error)", ErrNoQuorum, r.res.Name)
 		}
 		select {
-		case <-r.fo.resumed:
+		case <-*r.fo.resumed.Load():
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -228,7 +228,7 @@ func (r *Resource) fencePeer(witnessDone, handlerDone bool) {
 				last = msg
 			}
 			select {
-			case <-r.fo.resumed:
+			case <-*r.fo.resumed.Load():
 			case <-time.After(200 * time.Millisecond):
 			}
 		}
@@ -273,10 +273,8 @@ func (r *Resource) fenced() {
 
 // wakeIO wakes requests waiting in awaitIO.
 func (r *Resource) wakeIO() {
-	r.mu.Lock()
-	close(r.fo.resumed)
-	r.fo.resumed = make(chan struct{})
-	r.mu.Unlock()
+	ch := make(chan struct{})
+	close(*r.fo.resumed.Swap(&ch))
 }
 
 // ResumeIO is `resume-io`: the operator declares the lost peer fenced

@@ -183,7 +183,8 @@ func Up(opts Options) (*Resource, error) {
 	r.services = opts.Services
 	r.fo.epoch = time.Now()
 	r.fo.upAt = r.fo.epoch
-	r.fo.resumed = make(chan struct{})
+	resumed := make(chan struct{})
+	r.fo.resumed.Store(&resumed)
 	r.link = linkState{conn: ConnStandAlone, peerRole: RoleUnknown, peerDisk: DiskDUnknown}
 	if len(r.peers) > 1 {
 		return fail(fmt.Errorf("replication: %s: %d peers; twinbd replicates between two nodes", opts.Res.Name, len(r.peers)))
@@ -626,8 +627,7 @@ func (r *Resource) secondaryLocked(force bool) error {
 	// a drain stuck past the timeout drops answers.
 	if force {
 		r.fo.failIO.Store(true)
-		close(r.fo.resumed)
-		r.fo.resumed = make(chan struct{})
+		r.wakeIO()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -983,8 +983,12 @@ func (s *session) teardown() {
 	r.fo.peerWasPrimary.Store(r.link.peerRole == RolePrimary && r.role != RolePrimary)
 	r.link.peerRole = RoleUnknown
 	r.link.peerDisk = DiskDUnknown
-	if r.disk == DiskUpToDate && r.role != RolePrimary && len(r.peers) > 0 {
-		// Without the peer a Secondary only knows its data is consistent.
+	if r.disk == DiskUpToDate && r.role != RolePrimary && len(r.peers) > 0 && r.res.Net.Fencing == "dont-care" {
+		// Without the peer and without fencing a Secondary only knows its
+		// data is consistent: the Primary may write on without it. With
+		// fencing (DRBD's behaviour) it stays UpToDate: a Primary that
+		// writes on first has fence-peer outdate it (and a witness, when
+		// configured, decides every promotion of a disconnected node).
 		r.disk = DiskConsistent
 	}
 	r.mu.Unlock()
