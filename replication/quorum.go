@@ -70,9 +70,9 @@ type foState struct {
 	pingMu   sync.Mutex
 	pingSent [8]int64 // send time of ping seq%8
 
-	fencing     atomic.Bool // Primary: unreplicated writes wait for the peer to be fenced
-	fenceFailed atomic.Bool // the fence-peer handler failed: only resume-io helps
-	failIO      atomic.Bool // demoting: waiting I/O fails
+	fencing     atomic.Bool                   // Primary: unreplicated writes wait for the peer to be fenced
+	fenceFailed atomic.Bool                   // the fence-peer handler failed: only resume-io helps
+	failIO      atomic.Bool                   // demoting: waiting I/O fails
 	resumed     atomic.Pointer[chan struct{}] // closed and replaced to wake awaitIO
 
 	wc           *failover.WitnessClient
