@@ -79,6 +79,8 @@ type foState struct {
 	witnessUp    atomic.Bool // the last witness request got an answer
 	outdatedHere atomic.Bool // the witness says this node is Outdated
 
+	renewNow chan struct{} // poked when something the witness records changed
+
 	// Set by teardown: the peer was Primary when the link went down.
 	peerWasPrimary atomic.Bool
 	upAt           time.Time
@@ -338,7 +340,17 @@ func (r *Resource) runWitness(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-r.fo.renewNow:
 		}
+	}
+}
+
+// pokeWitness renews at the witness now (role, disk or peer state
+// changed): a peer that became UpToDate stops being Outdated there at once.
+func (r *Resource) pokeWitness() {
+	select {
+	case r.fo.renewNow <- struct{}{}:
+	default:
 	}
 }
 

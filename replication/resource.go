@@ -183,6 +183,7 @@ func Up(opts Options) (*Resource, error) {
 	r.services = opts.Services
 	r.fo.epoch = time.Now()
 	r.fo.upAt = r.fo.epoch
+	r.fo.renewNow = make(chan struct{}, 1)
 	resumed := make(chan struct{})
 	r.fo.resumed.Store(&resumed)
 	r.link = linkState{conn: ConnStandAlone, peerRole: RoleUnknown, peerDisk: DiskDUnknown}
@@ -563,6 +564,7 @@ func (r *Resource) promoteLocked(force, known bool) error {
 		}
 	})
 	r.log.Info("promoted to Primary", "export", ln.Addr().String())
+	r.pokeWitness()
 	if sess != nil {
 		if rotate {
 			sess.fail(errors.New("forced promotion started a new data generation: reconnecting to resync the peer"))
@@ -646,6 +648,7 @@ func (r *Resource) secondaryLocked(force bool) error {
 		return fmt.Errorf("replication: %s: write metadata: %w", r.res.Name, err)
 	}
 	r.log.Info("demoted to Secondary")
+	r.pokeWitness()
 	if s := r.sess.Load(); s != nil {
 		go func() { s.sendMeta(r.myState(0)) }()
 	}

@@ -289,6 +289,7 @@ func (r *Resource) runSession(ctx context.Context, data, meta net.Conn) error {
 		return err
 	}
 	r.fo.lastPing.Store(r.stamp()) // heard from the peer just now
+	r.pokeWitness()
 	var loops sync.WaitGroup
 	loops.Go(s.readMeta)
 	loops.Go(s.readData)
@@ -603,6 +604,7 @@ func (s *session) readMeta() {
 			r.link.peerRole = Role(m.Role)
 			r.link.peerDisk = DiskState(m.Disk)
 			r.mu.Unlock()
+			r.pokeWitness()
 		case *DisconnectMsg:
 			s.fail(fmt.Errorf("peer disconnected: %s", m.Reason))
 			return

@@ -45,6 +45,9 @@ type pair struct {
 	// handlers is the body of a `handlers { }` section for every node's
 	// file ("" for none); set it before writeConf.
 	handlers string
+	// netExtra goes into `net { }`, resExtra at resource level (witness,
+	// options, promoter); set them before writeConf.
+	netExtra, resExtra string
 }
 
 var pairNodes = []string{"alpha", "beta"}
@@ -71,7 +74,10 @@ func newPair(t *testing.T) *pair {
 // connect-int 1: a restarted peer is redialled within a second.
 func (p *pair) writeConf(node, secret string) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "resource r0 {\n  net { protocol C; shared-secret %q; connect-int 1; }\n", secret)
+	fmt.Fprintf(&b, "resource r0 {\n  net { protocol C; shared-secret %q; connect-int 1; %s }\n", secret, p.netExtra)
+	if p.resExtra != "" {
+		fmt.Fprintf(&b, "  %s\n", p.resExtra)
+	}
 	if p.handlers != "" {
 		fmt.Fprintf(&b, "  handlers { %s }\n", p.handlers)
 	}
