@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/twinbd/twinbd/config"
+	"github.com/twinbd/twinbd/device"
 	"github.com/twinbd/twinbd/failover"
 )
 
@@ -475,4 +476,83 @@ func TestFailoverFencePeerHandler(t *testing.T) {
 	buf := make([]byte, 4096)
 	require.NoError(t, p.b.ReadAt(buf, 8192))
 	require.Equal(t, byte(3), buf[0], "the acknowledged write is on the promoted node")
+}
+
+// stallDev blocks writes while stalled (a stuck disk under a live node).
+type stallDev struct {
+	*device.Memory
+	mu      sync.Mutex
+	stalled chan struct{} // non-nil while stalled; closed to release
+}
+
+func (d *stallDev) WriteAt(p []byte, off int64) (int, error) {
+	d.mu.Lock()
+	ch := d.stalled
+	d.mu.Unlock()
+	if ch != nil {
+		<-ch
+	}
+	return d.Memory.WriteAt(p, off)
+}
+
+func (d *stallDev) stall() {
+	d.mu.Lock()
+	d.stalled = make(chan struct{})
+	d.mu.Unlock()
+}
+
+func (d *stallDev) release() {
+	d.mu.Lock()
+	close(d.stalled)
+	d.stalled = nil
+	d.mu.Unlock()
+}
+
+// timeout x ko-count: a peer that answers pings but no writes is declared
+// dead and the link dropped, so the Primary's writes go on.
+func TestPairKoCountDropsStuckPeer(t *testing.T) {
+	dev := &stallDev{Memory: device.NewMemory(pairSize)}
+	p := newPairOn(t, "timeout 2; ko-count 3;", map[string]device.Device{"b": dev})
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	dev.stall()
+	defer dev.release()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- p.a.WriteAt(bytes.Repeat([]byte{9}, 4096), 0, false) }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the write waited for a stuck peer past timeout x ko-count")
+	}
+	took := time.Since(start)
+	require.GreaterOrEqual(t, took, 400*time.Millisecond, "dropped before ko-count timeouts")
+	st := p.a.Status()
+	require.Contains(t, st.Connections[0].Reason, "declared dead")
+	require.Positive(t, st.Connections[0].PeerDevices[0].OutOfSync)
+	t.Logf("stuck peer dropped after %v", took)
+}
+
+// quorum majority without a witness: a Primary that loses its peer has no
+// quorum; with on-no-quorum io-error its I/O fails instead of waiting, and
+// comes back when the peer does.
+func TestQuorumLostIOError(t *testing.T) {
+	p := newFoPair(t, "", "quorum majority; on-no-quorum io-error;", "", false)
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	buf := make([]byte, 4096)
+	require.NoError(t, p.a.ReadAt(buf, 0))
+	p.net.Partition("a:1", "b:1")
+	eventually(t, "reads fail", func() bool { return p.a.ReadAt(buf, 0) != nil })
+	err := p.a.WriteAt(buf, 0, false)
+	require.ErrorIs(t, err, ErrNoQuorum)
+	require.False(t, p.a.Status().Devices[0].Quorum)
+	require.False(t, p.a.Status().Suspended, "io-error does not suspend")
+	// A disconnected node without a witness cannot be promoted either.
+	require.ErrorIs(t, p.b.Primary(false), ErrNoQuorum)
+	p.net.Heal("a:1", "b:1")
+	p.waitSynced(p.a)
+	eventually(t, "quorum back", func() bool { return p.a.ReadAt(buf, 0) == nil })
+	require.NoError(t, p.a.WriteAt(buf, 0, false))
 }

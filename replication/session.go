@@ -74,6 +74,7 @@ type pending struct {
 	same  bool          // ChecksumReply.Same
 	// onDone, if set, runs (once) instead of a waiter reading done.
 	onDone func(p *pending)
+	sent   int64 // r.stamp() at register (ko-count watchdog)
 }
 
 type session struct {
@@ -174,8 +175,49 @@ func (s *session) register(p *pending) (uint64, bool) {
 		return 0, false
 	}
 	seq := s.seq.Add(1)
+	p.sent = s.r.stamp()
 	s.pend[seq] = p
 	return seq, true
+}
+
+// koWatch is DRBD's timeout/ko-count: every `timeout` it looks at the
+// oldest request the peer has not answered; when one was older than
+// `timeout` at ko-count checks in a row, the peer is declared dead and the
+// link dropped, even though it still answers pings (a stuck disk, a
+// wedged process). ko-count 0 disables it.
+func (s *session) koWatch() {
+	r := s.r
+	every := r.res.Net.Timeout
+	if every <= 0 || r.res.Net.KoCount <= 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	ko := 0
+	for {
+		select {
+		case <-s.deadCh:
+			return
+		case <-t.C:
+		}
+		now := r.stamp()
+		s.mu.Lock()
+		oldest := now
+		for _, p := range s.pend {
+			oldest = min(oldest, p.sent)
+		}
+		s.mu.Unlock()
+		if time.Duration(now-oldest) < every {
+			ko = 0
+			continue
+		}
+		ko++
+		r.log.Warn("peer has not answered a request within timeout", "peer", r.peer.Name, "age", time.Duration(now-oldest).Round(time.Millisecond), "ko", ko, "ko-count", r.res.Net.KoCount)
+		if ko >= r.res.Net.KoCount {
+			s.fail(fmt.Errorf("peer %s answered no request for %v (timeout %v x ko-count %d): declared dead", r.peer.Name, time.Duration(now-oldest).Round(time.Millisecond), every, r.res.Net.KoCount))
+			return
+		}
+	}
 }
 
 // complete finishes a pending entry (from the meta reader).
@@ -294,6 +336,7 @@ func (r *Resource) runSession(ctx context.Context, data, meta net.Conn) error {
 	loops.Go(s.readMeta)
 	loops.Go(s.readData)
 	loops.Go(s.pinger)
+	loops.Go(s.koWatch)
 	if kind.Source() {
 		loops.Go(s.resync)
 	}
