@@ -186,7 +186,15 @@ func (d *Daemon) handle(ctx context.Context, req Request) Response {
 			return "", nil
 		})
 	case "primary":
-		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.Primary(req.Force) })
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) {
+			if err := r.Primary(req.Force); err != nil {
+				return "", err
+			}
+			if req.Force {
+				return fmt.Sprintf("%s: forced promotion: this node's data is now declared UpToDate; writes the peer holds and this node lacks will be overwritten when they connect, and if the peer is alive and Primary there are now two Primaries (split brain)\n", r.Name()), nil
+			}
+			return "", nil
+		})
 	case "secondary":
 		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.Secondary(req.Force) })
 	case "role":

@@ -4,13 +4,13 @@ package main
 // process on loopback, NBD clients writing self-identifying blocks, kill -9.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -63,10 +63,13 @@ func failoverPair(t *testing.T) (*pair, string) {
 // reconnects to whichever node answers.
 type blockLoad struct {
 	p       *pair
+	base    int64 // first block
+	follow  bool  // on a failed dial, try the other node
 	mu      sync.Mutex
 	recs    []blockRec
 	seq     uint64
 	answers []loadAnswer
+	clients map[*nbd.Client]bool
 	stop    chan struct{}
 	wg      sync.WaitGroup
 }
@@ -74,14 +77,20 @@ type blockLoad struct {
 type blockRec struct{ issued, answered uint64 }
 
 type loadAnswer struct {
-	node string
-	at   time.Time
+	node       string
+	start, end time.Time
 }
 
 const loadBlocks = 1024
 
 func startLoad(p *pair, node string, workers int, seed uint64) *blockLoad {
-	l := &blockLoad{p: p, recs: make([]blockRec, loadBlocks), stop: make(chan struct{})}
+	return startLoadAt(p, node, workers, seed, 0, true)
+}
+
+// startLoadAt writes blocks [base, base+loadBlocks) on node; follow: move
+// to the other node when node stops answering.
+func startLoadAt(p *pair, node string, workers int, seed uint64, base int64, follow bool) *blockLoad {
+	l := &blockLoad{p: p, base: base, follow: follow, recs: make([]blockRec, loadBlocks), stop: make(chan struct{}), clients: map[*nbd.Client]bool{}}
 	for w := range workers {
 		l.wg.Go(func() { l.worker(node, w, workers, seed) })
 	}
@@ -91,9 +100,16 @@ func startLoad(p *pair, node string, workers int, seed uint64) *blockLoad {
 func (l *blockLoad) worker(node string, w, workers int, seed uint64) {
 	rng := mrand.New(mrand.NewPCG(seed, uint64(w)))
 	var c *nbd.Client
+	drop := func() {
+		c.Close()
+		l.mu.Lock()
+		delete(l.clients, c)
+		l.mu.Unlock()
+		c = nil
+	}
 	defer func() {
 		if c != nil {
-			c.Close()
+			drop()
 		}
 	}()
 	for {
@@ -104,31 +120,37 @@ func (l *blockLoad) worker(node string, w, workers int, seed uint64) {
 		}
 		if c == nil {
 			var err error
-			c, err = nbd.Dial(context.Background(), "tcp", fmt.Sprintf("127.0.0.1:%d", l.p.nbd[node]), nbd.ClientOptions{ExportName: "r0"})
+			c, err = nbd.Dial(context.Background(), "tcp", fmt.Sprintf("127.0.0.1:%d", l.p.nbd[node]), nbd.ClientOptions{ExportName: "r0", Timeout: 2 * time.Second})
 			if err != nil {
 				c = nil
-				node = map[string]string{"alpha": "beta", "beta": "alpha"}[node] // try the other node
+				if l.follow {
+					node = map[string]string{"alpha": "beta", "beta": "alpha"}[node] // try the other node
+				}
 				time.Sleep(20 * time.Millisecond)
 				continue
 			}
+			l.mu.Lock()
+			l.clients[c] = true
+			l.mu.Unlock()
 		}
 		b := (rng.IntN(loadBlocks/workers))*workers + w
+		off := (l.base + int64(b)) * blk
 		l.mu.Lock()
 		l.seq++
 		s := l.seq
 		l.recs[b].issued = s
 		l.mu.Unlock()
-		if _, err := c.WriteAt(makeBlock(int64(b)*blk, s), int64(b)*blk); err != nil {
-			c.Close()
-			c = nil
+		start := time.Now()
+		if _, err := c.WriteAt(makeBlock(off, s), off); err != nil {
+			drop()
 			continue
 		}
-		now := time.Now()
+		end := time.Now()
 		l.mu.Lock()
 		if s > l.recs[b].answered {
 			l.recs[b].answered = s
 		}
-		l.answers = append(l.answers, loadAnswer{node, now})
+		l.answers = append(l.answers, loadAnswer{node, start, end})
 		l.mu.Unlock()
 	}
 }
@@ -151,15 +173,50 @@ func (l *blockLoad) firstAnswer(node string, t time.Time) time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, a := range l.answers {
-		if a.node == node && a.at.After(t) {
-			return a.at
+		if a.node == node && a.end.After(t) {
+			return a.end
 		}
 	}
 	return time.Time{}
 }
 
+// lastAnswer is the end of node's last answer (zero if none).
+func (l *blockLoad) lastAnswer(node string) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var last time.Time
+	for _, a := range l.answers {
+		if a.node == node && a.end.After(last) {
+			last = a.end
+		}
+	}
+	return last
+}
+
+// firstStart is when node's earliest answered write was issued.
+func (l *blockLoad) firstStart(node string) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var first time.Time
+	for _, a := range l.answers {
+		if a.node == node && (first.IsZero() || a.start.Before(first)) {
+			first = a.start
+		}
+	}
+	return first
+}
+
+// halt stops the writers; writes still waiting (a frozen node) fail as
+// their connections close.
 func (l *blockLoad) halt() {
 	close(l.stop)
+	var closing sync.WaitGroup
+	l.mu.Lock()
+	for c := range l.clients {
+		closing.Go(func() { c.Close() })
+	}
+	l.mu.Unlock()
+	closing.Wait()
 	l.wg.Wait()
 }
 
@@ -176,12 +233,12 @@ func (l *blockLoad) verify(node string) {
 	buf := make([]byte, blk)
 	var missing []string
 	for b, want := range recs {
-		off := int64(b) * blk
+		off := (l.base + int64(b)) * blk
 		_, err := c.ReadAt(buf, off)
 		require.NoError(p.t, err)
 		got, ok := parseBlock(buf, off)
 		switch {
-		case want.answered == 0 && !ok && bytes.Equal(buf, make([]byte, blk)):
+		case want.answered == 0: // nothing answered to check (earlier loads' data may be there)
 		case !ok:
 			missing = append(missing, fmt.Sprintf("block %d: not a valid block (answered seq %d)", b, want.answered))
 		case got < want.answered || got > want.issued:
@@ -304,4 +361,62 @@ func TestFailoverTiming(t *testing.T) {
 	if out := os.Getenv("TWINBD_FAILOVER_REPORT"); out != "" {
 		require.NoError(t, os.WriteFile(out, []byte(strings.Join(lines, "\n")+"\n"), 0o644))
 	}
+}
+
+// rewrite replaces old by new in node's resource file.
+func (p *pair) rewrite(node, old, new string) {
+	p.t.Helper()
+	b, err := os.ReadFile(p.conf[node])
+	require.NoError(p.t, err)
+	require.Contains(p.t, string(b), old)
+	require.NoError(p.t, os.WriteFile(p.conf[node], []byte(strings.ReplaceAll(string(b), old, new)), 0o600))
+}
+
+// The Primary cut off from both its peer and the witness (fault-injecting
+// proxies on its links): it freezes within its lease; the Secondary
+// promotes only after that; at no instant do both answer writes; every
+// write the old Primary answered is on the new one. When the links heal,
+// the old Primary learns from the witness that it lost, demotes, and
+// resyncs.
+func TestFailoverIsolatedPrimaryProcesses(t *testing.T) {
+	p, _ := failoverPair(t)
+	defer p.logs()
+	// alpha (node-id 0) dials beta; both of alpha's links go through proxies.
+	peerProxy := newCutProxy(t, fmt.Sprintf("127.0.0.1:%d", p.repl["beta"]))
+	b, err := os.ReadFile(p.conf["beta"])
+	require.NoError(t, err)
+	waddr := regexp.MustCompile(`witness (127\.0\.0\.1:[0-9]+);`).FindSubmatch(b)[1]
+	witProxy := newCutProxy(t, string(waddr))
+	p.rewrite("alpha", fmt.Sprintf("address 127.0.0.1:%d;", p.repl["beta"]), "address "+peerProxy.Addr()+";")
+	p.rewrite("alpha", "witness "+string(waddr)+";", "witness "+witProxy.Addr()+";")
+	p.upAndSync()
+	require.Eventually(t, func() bool { return !p.status("beta").WitnessOutdated }, 10*time.Second, 20*time.Millisecond)
+
+	seed := testSeed(t)
+	la := startLoadAt(p, "alpha", 8, seed, 0, false)
+	require.Eventually(t, func() bool { return la.answeredBy("alpha") > 500 }, 20*time.Second, 5*time.Millisecond)
+	cut := time.Now()
+	peerProxy.Cut()
+	witProxy.Cut()
+	require.Eventually(t, func() bool { return p.status("beta").Role == "Primary" }, 15*time.Second, 10*time.Millisecond)
+	lb := startLoadAt(p, "beta", 8, seed+1, loadBlocks, false)
+	require.Eventually(t, func() bool { return lb.answeredBy("beta") > 200 }, 10*time.Second, 5*time.Millisecond)
+	st := p.status("alpha")
+	require.Equal(t, "Primary", st.Role)
+	require.Equal(t, "quorum", st.SuspendedReason, "the isolated Primary suspends I/O")
+	lastA, firstB := la.lastAnswer("alpha"), lb.firstStart("beta")
+	t.Logf("alpha's last answer %v after the cut; beta's first answered write was issued %v after", lastA.Sub(cut), firstB.Sub(cut))
+	require.True(t, lastA.Before(firstB), "both nodes answered writes at once")
+	la.halt()
+	lb.halt()
+	la.verify("beta")
+	lb.verify("beta")
+
+	peerProxy.Heal()
+	witProxy.Heal()
+	require.Eventually(t, func() bool { return p.status("alpha").Role == "Secondary" }, 15*time.Second, 20*time.Millisecond)
+	p.ok("beta", "wait-sync", "--timeout", "30s", "r0")
+	require.Eventually(t, func() bool { return p.status("alpha").Devices[0].DiskState == "UpToDate" }, 10*time.Second, 20*time.Millisecond)
+	p.requireInSync()
+	p.sameData()
 }
