@@ -471,6 +471,10 @@ func buildResource(b *rbuilder, s *stmt) (*Resource, error) {
 	if b.r.Net.TLS && (b.r.Net.TLSCert == "" || b.r.Net.TLSKey == "" || b.r.Net.TLSCA == "") {
 		return nil, errorf(b.where["net.tls"], "tls yes in resource %s needs tls-cert, tls-key and tls-ca (the CA that signed the peer's certificate) in its net section", b.r.Name)
 	}
+	if b.r.Options.AutoFailover && len(b.r.Hosts) > 1 && b.r.Witness == "" &&
+		(b.r.Net.Fencing == "dont-care" || b.r.Handlers.FencePeer == "") {
+		return nil, errorf(b.where["options.auto-failover"], "auto-failover yes in resource %s needs a witness (witness IP:PORT;) or fencing resource-only/resource-and-stonith with a fence-peer handler: otherwise a partition would promote the Secondary while the Primary writes on", b.r.Name)
+	}
 	r := b.r
 	return &r, nil
 }

@@ -408,3 +408,16 @@ func TestLoad(t *testing.T) {
 	_, err = Load(dir)
 	require.Error(t, err)
 }
+
+func TestAutoFailoverNeedsWitnessOrFencing(t *testing.T) {
+	const hosts = `on a { node-id 0; address 127.0.0.1:7788; disk /tmp/a; meta-disk internal; }
+  on b { node-id 1; address 127.0.0.1:7789; disk /tmp/b; meta-disk internal; }`
+	_, err := Parse("t.conf", []byte("resource r0 {\n  options { auto-failover yes; }\n  "+hosts+"\n}\n"))
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "t.conf:2:")
+	require.Contains(t, err.Error(), "needs a witness")
+	_, err = Parse("t.conf", []byte("resource r0 {\n  witness 127.0.0.1:7790;\n  options { auto-failover yes; }\n  "+hosts+"\n}\n"))
+	require.NoError(t, err)
+	_, err = Parse("t.conf", []byte("resource r0 {\n  net { fencing resource-and-stonith; }\n  handlers { fence-peer \"/bin/true\"; }\n  options { auto-failover yes; }\n  "+hosts+"\n}\n"))
+	require.NoError(t, err)
+}
