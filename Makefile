@@ -31,6 +31,7 @@ lint:
 bench: deps build
 	scripts/bench.sh
 	scripts/bench-repl.sh
+	scripts/bench-failover.sh
 
 # A replicated pair on loopback: two daemons, initial sync, writes through NBD, verify (nothing external).
 demo: build

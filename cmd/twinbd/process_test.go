@@ -31,7 +31,10 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	twinbdBin = filepath.Join(dir, "twinbd")
-	if out, err := exec.Command("go", "build", "-race", "-o", twinbdBin, ".").CombinedOutput(); err != nil {
+	if b := os.Getenv("TWINBD_BIN"); b != "" {
+		// A given binary (benchmarks run the plain build, not -race).
+		twinbdBin = b
+	} else if out, err := exec.Command("go", "build", "-race", "-o", twinbdBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build twinbd: %v\n%s", err, out)
 		os.Exit(1)
 	}
