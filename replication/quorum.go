@@ -83,6 +83,9 @@ type foState struct {
 
 	// Set by teardown: the peer was Primary when the link went down.
 	peerWasPrimary atomic.Bool
+	// Set by the handshake: the peer stopped as Primary without demoting
+	// and is back as Secondary.
+	peerCrashed atomic.Bool
 	upAt           time.Time
 }
 
@@ -448,8 +451,12 @@ func (r *Resource) runAutoFailover(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if !r.fo.peerWasPrimary.Load() || r.sess.Load() != nil {
+		if r.sess.Load() != nil {
 			fenced = false
+			r.takeOverFromRestartedPrimary(ctx)
+			continue
+		}
+		if !r.fo.peerWasPrimary.Load() {
 			continue
 		}
 		r.mu.Lock()
@@ -493,4 +500,32 @@ func (r *Resource) runAutoFailover(ctx context.Context) {
 		r.fo.peerWasPrimary.Store(false)
 		r.log.Warn("automatic promotion done", "took", time.Since(start))
 	}
+}
+
+// takeOverFromRestartedPrimary covers a Primary that was killed and came
+// back (a service manager restarts it) before this node's promotion: it
+// is Secondary, connected, and says it crashed as Primary. Its services are
+// gone, so this node promotes once the resync settled and it is UpToDate;
+// connected to a Secondary peer, no witness grant is needed. It reports
+// whether it promoted.
+func (r *Resource) takeOverFromRestartedPrimary(ctx context.Context) bool {
+	r.mu.Lock()
+	peerRole, repl, disk, role := r.link.peerRole, r.link.repl, r.disk, r.role
+	r.mu.Unlock()
+	if peerRole == RolePrimary {
+		r.fo.peerWasPrimary.Store(false) // the Primary is back (a link blip)
+		return false
+	}
+	if !r.fo.peerWasPrimary.Load() || !r.fo.peerCrashed.Load() || role != RoleSecondary ||
+		repl != ReplEstablished || disk != DiskUpToDate || peerRole != RoleSecondary {
+		return false
+	}
+	r.log.Warn("the Primary peer crashed and came back as Secondary: taking over", "peer", r.peer.Name)
+	if err := r.promote(ctx, false, true); err != nil {
+		r.log.Warn("automatic promotion: not yet", "why", err.Error())
+		return false
+	}
+	r.fo.peerWasPrimary.Store(false)
+	r.fo.peerCrashed.Store(false)
+	return true
 }

@@ -536,6 +536,9 @@ func (s *session) handshake() (SyncKind, error) {
 	r.link.reason = ""
 	r.link.repl = repl
 	r.link.peerRole = Role(theirs.Role)
+	// A peer that crashed as Primary and came back Secondary (quorum.go:
+	// an automatic failover still takes over from it).
+	r.fo.peerCrashed.Store(theirs.Flags&StateCrashedPrimary != 0 && Role(theirs.Role) == RoleSecondary)
 	r.link.peerDisk = peerDisk
 	r.link.syncTotal = r.bm.Count()
 	r.link.syncStart = time.Now()

@@ -293,6 +293,34 @@ func TestFailoverKillPrimary(t *testing.T) {
 	p.sameData()
 }
 
+// A Primary killed and restarted at once (a service manager restarting
+// it) comes back Secondary before the lease ran out: the other node still
+// takes over, since the old Primary's services died with it.
+func TestFailoverPrimaryRestartedQuickly(t *testing.T) {
+	p, svc := failoverPair(t)
+	defer p.logs()
+	p.upAndSync()
+	l := startLoad(p, "alpha", 4, testSeed(t))
+	require.Eventually(t, func() bool { return l.answeredBy("alpha") > 300 }, 20*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return !p.status("beta").WitnessOutdated }, 10*time.Second, 20*time.Millisecond)
+	killed := time.Now()
+	p.kill9("alpha")
+	p.start("alpha")
+	p.ok("alpha", "up", "r0")
+	require.Eventually(t, func() bool { return p.status("beta").Role == "Primary" }, 20*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return !l.firstAnswer("beta", killed).IsZero() }, 10*time.Second, 5*time.Millisecond)
+	t.Logf("beta took over %v after the kill", l.firstAnswer("beta", killed).Sub(killed))
+	l.halt()
+	l.verify("beta")
+	require.Equal(t, "Secondary", p.status("alpha").Role)
+	b, err := os.ReadFile(svc)
+	require.NoError(t, err)
+	require.Equal(t, "up 0\nup 1\n", string(b))
+	p.ok("beta", "wait-sync", "--timeout", "30s", "r0")
+	p.requireInSync()
+	p.sameData()
+}
+
 // A planned switchover under load (secondary --force here, primary there)
 // loses nothing; the writers move to the new Primary.
 func TestFailoverPlannedSwitchover(t *testing.T) {
