@@ -86,7 +86,7 @@ type foState struct {
 	// Set by the handshake: the peer stopped as Primary without demoting
 	// and is back as Secondary.
 	peerCrashed atomic.Bool
-	upAt           time.Time
+	upAt        time.Time
 }
 
 // stamp is now in ns since the failover epoch (monotonic).
