@@ -70,10 +70,9 @@ type foState struct {
 	pingMu   sync.Mutex
 	pingSent [8]int64 // send time of ping seq%8
 
-	fencing     atomic.Bool                   // Primary: unreplicated writes wait for the peer to be fenced
-	fenceFailed atomic.Bool                   // the fence-peer handler failed: only resume-io helps
-	failIO      atomic.Bool                   // demoting: waiting I/O fails
-	resumed     atomic.Pointer[chan struct{}] // closed and replaced to wake awaitIO
+	fencing atomic.Bool                   // Primary: unreplicated writes wait for the peer to be fenced
+	failIO  atomic.Bool                   // demoting: waiting I/O fails
+	resumed atomic.Pointer[chan struct{}] // closed and replaced to wake awaitIO
 
 	wc           *failover.WitnessClient
 	witnessUp    atomic.Bool // the last witness request got an answer
@@ -86,7 +85,6 @@ type foState struct {
 	// Set by the handshake: the peer stopped as Primary without demoting
 	// and is back as Secondary.
 	peerCrashed atomic.Bool
-	upAt        time.Time
 }
 
 // stamp is now in ns since the failover epoch (monotonic).
@@ -201,7 +199,6 @@ func (r *Resource) startFencing(witnessDone, handlerDone bool) {
 	if !r.fo.fencing.CompareAndSwap(false, true) {
 		return
 	}
-	r.fo.fenceFailed.Store(false)
 	r.log.Warn("peer lost while Primary: writes the peer lacks wait until it is fenced", "peer", r.peer.Name)
 	go r.fencePeer(witnessDone, handlerDone)
 }
@@ -251,7 +248,6 @@ func (r *Resource) fencePeer(witnessDone, handlerDone bool) {
 			r.lostPrimary("fence-peer says the peer is Primary")
 			return
 		default:
-			r.fo.fenceFailed.Store(true)
 			r.log.Error("fence-peer failed: I/O stays frozen until `twinbd resume-io` (fencing resource-and-stonith)",
 				"resource", r.res.Name, "exit", code, "err", err)
 			return
@@ -272,7 +268,6 @@ func (r *Resource) fenced() {
 		}
 	}
 	r.fo.fencing.Store(false)
-	r.fo.fenceFailed.Store(false)
 	r.wakeIO()
 }
 

@@ -182,7 +182,6 @@ func Up(opts Options) (*Resource, error) {
 	r.fencePeerHook = opts.FencePeer
 	r.services = opts.Services
 	r.fo.epoch = time.Now()
-	r.fo.upAt = r.fo.epoch
 	r.fo.renewNow = make(chan struct{}, 1)
 	resumed := make(chan struct{})
 	r.fo.resumed.Store(&resumed)
