@@ -76,6 +76,7 @@ checks them. Sizes take k/m/g/t suffixes (powers of 1024).`,
 	f.BoolVar(&o.verify, "verify", false, "write self-identifying blocks, check reads, read everything back at the end")
 	f.DurationVar(&o.timeout, "timeout", 10*time.Second, "connect + handshake timeout")
 	cmd.MarkFlagsMutuallyExclusive("progress", "no-progress")
+	cmd.AddCommand(newBenchCheckCmd())
 	return cmd
 }
 

@@ -1,0 +1,816 @@
+package bench
+
+// check.go is `twinbd bench check`: a write workload that follows the
+// Primary across a failover, then reads everything back and proves that no
+// acknowledged write was lost.
+//
+// # Model
+//
+// Workers own disjoint blocks (block b belongs to worker b mod Workers) and
+// keep one write in flight each, so per block the answer order is the write
+// order and the expected content is known exactly: a block must hold the
+// last answered version of it, or a later one that was issued but whose
+// answer never came (the write may or may not have landed). Every block
+// identifies itself (MakeCheckBlock): its offset, a run-wide sequence
+// number, random fill and an xxhash64 of the rest.
+//
+// A worker whose dial or request fails closes its client and tries the
+// candidate exports in turn (round robin, RetryPause between tries) until
+// one accepts a write: that is how it follows the Primary across a
+// failover. It never gives up before the write phase ends.
+//
+// After the write phase every block is read back from the export that
+// answered last (the others are tried if it fails) and checked.
+//
+// # What "two writers" means here
+//
+// The exports are ordered by their first answer; the one that answered
+// first most recently is the current Primary. An answer from any other
+// export to a write issued after the current Primary's first answer means
+// two exports accepted writes at the same time (split brain): that fails
+// the check. An answer from the old Primary to a write that was already in
+// flight when the new one first answered is only reported ("late"): the
+// old Primary may have completed it before it stepped down. A run should
+// fail over in one direction: switching back to an export that answered
+// earlier in the run counts as the old Primary answering again.
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/twinbd/twinbd/nbd"
+)
+
+// CheckBlockSize is the size of one check block (and of every request).
+const CheckBlockSize = 4096
+
+const (
+	checkMaxBlocks   = 1 << 24 // 64 GiB; bookkeeping: 32 bytes a block
+	checkMaxFailures = 10      // described in the result
+	checkReadChunk   = 64      // blocks per read-back request (256 KiB)
+	checkHeader      = 16      // offset + seq
+)
+
+// MakeCheckBlock fills b (at least 24 bytes; CheckBlockSize in a check run)
+// with a self-identifying block for offset off and sequence seq:
+//
+//	0        8        16                      len-8     len
+//	+--------+--------+-------- ... ----------+---------+
+//	| offset |  seq   | random fill           | xxh64   |
+//	+--------+--------+-------- ... ----------+---------+
+//
+// big-endian; xxh64 covers everything before it. rng supplies the fill
+// (nil: the global math/rand/v2 source).
+func MakeCheckBlock(b []byte, off int64, seq uint64, rng *rand.Rand) {
+	n := len(b) - 8
+	binary.BigEndian.PutUint64(b[0:], uint64(off))
+	binary.BigEndian.PutUint64(b[8:], seq)
+	next := rand.Uint64
+	if rng != nil {
+		next = rng.Uint64
+	}
+	i := checkHeader
+	for ; i+8 <= n; i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], next())
+	}
+	for v := next(); i < n; i++ {
+		b[i] = byte(v)
+		v >>= 8
+	}
+	binary.BigEndian.PutUint64(b[n:], xxhash.Sum64(b[:n]))
+}
+
+// ParseCheckBlock returns the sequence of b, or ok=false when b is not a
+// valid block for offset off (bad checksum: never written, torn or
+// corrupt; or the block of another offset: misdirected).
+func ParseCheckBlock(b []byte, off int64) (seq uint64, ok bool) {
+	n := len(b) - 8
+	if n < checkHeader || binary.BigEndian.Uint64(b[n:]) != xxhash.Sum64(b[:n]) ||
+		int64(binary.BigEndian.Uint64(b[0:])) != off {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(b[8:]), true
+}
+
+// CheckConfig is one `bench check` run.
+type CheckConfig struct {
+	// URLs are the candidate exports, tried in this order (ParseTarget
+	// syntax: nbd://HOST[:PORT][/EXPORT], HOST:PORT,
+	// nbd+unix:///EXPORT?socket=PATH).
+	URLs []string
+	// Duration is the write phase; cancelling the context of RunCheck ends
+	// it early.
+	Duration time.Duration
+	// Workers write one block at a time each.
+	Workers int
+	// Blocks is the working set: the first Blocks blocks of CheckBlockSize.
+	// Its previous content is overwritten.
+	Blocks int64
+	// FlushEvery sends a FLUSH after every N answered writes of a worker
+	// (0: never).
+	FlushEvery int
+	// Seed drives block choice and fill (0: pick one; the result has it).
+	Seed uint64
+	// DialTimeout bounds connect + handshake (0: 2 s).
+	DialTimeout time.Duration
+	// RequestTimeout abandons a request (closing its connection, which
+	// then counts as failed) after this long (0: never).
+	RequestTimeout time.Duration
+	// ReadTimeout is how long the read-back keeps retrying the exports
+	// without progress before giving up (0: 30 s).
+	ReadTimeout time.Duration
+	// RetryPause is the pause before trying the next export (0: 20 ms).
+	RetryPause time.Duration
+}
+
+// CheckDefaults are the command's defaults.
+func CheckDefaults() CheckConfig {
+	return CheckConfig{
+		Duration:       10 * time.Second,
+		Workers:        8,
+		Blocks:         4096,
+		DialTimeout:    2 * time.Second,
+		RequestTimeout: 10 * time.Second,
+		ReadTimeout:    30 * time.Second,
+		RetryPause:     20 * time.Millisecond,
+	}
+}
+
+// CheckURLStats is what one export did in the run.
+type CheckURLStats struct {
+	URL      string `json:"url"`
+	Answered int64  `json:"writes_answered"`
+	Flushes  int64  `json:"flushes_answered"`
+	// Dials counts connections established; Failures the dials and
+	// requests that failed during the write phase.
+	Dials      int64  `json:"dials"`
+	Failures   int64  `json:"failures"`
+	FirstError string `json:"first_error,omitempty"`
+	// FirstAnswer and LastAnswer are since the start (valid when Answered > 0).
+	FirstAnswer time.Duration `json:"first_answer_ns"`
+	LastAnswer  time.Duration `json:"last_answer_ns"`
+}
+
+// CheckFailure is one block that does not hold what it must.
+type CheckFailure struct {
+	Block  int64  `json:"block"`
+	Offset int64  `json:"offset"`
+	Kind   string `json:"kind"` // "lost" or "corrupt"
+	// Found is the sequence the block holds (valid when FoundValid).
+	Found      uint64 `json:"found_seq"`
+	FoundValid bool   `json:"found_valid"`
+	Zero       bool   `json:"found_zeroes"`
+	Answered   uint64 `json:"answered_seq"` // 0: none
+	Issued     uint64 `json:"issued_seq"`
+	// Detail names writes "write #N": sequence FirstSeq+N-1.
+	// AnsweredBy and AnsweredAt say who answered Answered, and when
+	// (since the start).
+	AnsweredBy string        `json:"answered_by,omitempty"`
+	AnsweredAt time.Duration `json:"answered_at_ns"`
+	Detail     string        `json:"detail"`
+}
+
+func (f CheckFailure) String() string {
+	return fmt.Sprintf("block %d (offset %d): %s: %s", f.Block, f.Offset, f.Kind, f.Detail)
+}
+
+// CheckResult is what a check run found.
+type CheckResult struct {
+	URLs       []string      `json:"urls"`
+	Workers    int           `json:"workers"`
+	Blocks     int64         `json:"blocks"`
+	BlockSize  int           `json:"bs"`
+	FlushEvery int           `json:"flush_every"`
+	Seed       uint64        `json:"seed"`
+	Start      time.Time     `json:"start"`
+	Duration   time.Duration `json:"duration_ns"` // the write phase as it ran
+	// FirstSeq is the first sequence of the run (the start time in ns, so
+	// blocks of earlier runs hold smaller ones).
+	FirstSeq uint64 `json:"first_seq"`
+
+	Issued   int64 `json:"writes_issued"`
+	Answered int64 `json:"writes_answered"`
+	Failed   int64 `json:"writes_failed"`
+	Flushes  int64 `json:"flushes_answered"`
+	// Switches counts exports answering for the first time after another
+	// one had (client-visible failovers).
+	Switches int             `json:"switches"`
+	PerURL   []CheckURLStats `json:"per_url"`
+
+	// LongestGap is the longest time no write was answered by anyone
+	// (the client-visible failover time), counting from the start of the
+	// write phase and up to its end. It began at LongestGapStart
+	// (LongestGapAt since the start), after an answer from LongestGapFrom,
+	// and ended with an answer from LongestGapTo ("" for the start / the
+	// end of the write phase).
+	LongestGap      time.Duration `json:"longest_gap_ns"`
+	LongestGapAt    time.Duration `json:"longest_gap_at_ns"`
+	LongestGapStart time.Time     `json:"longest_gap_start"`
+	LongestGapFrom  string        `json:"longest_gap_from,omitempty"`
+	LongestGapTo    string        `json:"longest_gap_to,omitempty"`
+
+	// OldPrimaryAnswers counts answers from an export other than the
+	// current Primary to writes issued after the current Primary first
+	// answered: two writers. LateAnswers counts such answers to writes
+	// already in flight then (reported, not a failure).
+	OldPrimaryAnswers int64    `json:"old_primary_answers"`
+	OldPrimaryDetails []string `json:"old_primary_details,omitempty"`
+	LateAnswers       int64    `json:"late_answers"`
+
+	// ReadFrom lists the exports the read-back used, in order.
+	ReadFrom []string `json:"read_from"`
+	// BlocksRead counts blocks read back and checked (all of Blocks unless
+	// ReadError); Untouched those never written in this run (only checked
+	// for not holding a block of this run).
+	BlocksRead int64  `json:"blocks_read"`
+	Untouched  int64  `json:"blocks_untouched"`
+	ReadError  string `json:"read_error,omitempty"`
+
+	// Lost counts blocks missing an answered write (older version,
+	// zeroes, or garbage); Corrupt blocks without an answered write that
+	// hold something no write of this run explains.
+	Lost     int64          `json:"lost"`
+	Corrupt  int64          `json:"corrupt"`
+	Failures []CheckFailure `json:"failures,omitempty"` // the first ones
+}
+
+// ErrCheckFailed is wrapped by CheckResult.Err.
+var ErrCheckFailed = errors.New("bench check failed")
+
+// Err is nil when the run proved what it should: writes were answered,
+// every block was read back, nothing answered was lost, nothing is
+// corrupt and no old Primary answered after the new one started.
+func (r *CheckResult) Err() error {
+	var why []string
+	if r.Answered == 0 {
+		why = append(why, "no write was answered")
+	}
+	if r.ReadError != "" {
+		why = append(why, fmt.Sprintf("read back %d of %d blocks: %s", r.BlocksRead, r.Blocks, r.ReadError))
+	}
+	if r.Lost > 0 {
+		why = append(why, fmt.Sprintf("%d lost writes", r.Lost))
+	}
+	if r.Corrupt > 0 {
+		why = append(why, fmt.Sprintf("%d corrupt blocks", r.Corrupt))
+	}
+	if r.OldPrimaryAnswers > 0 {
+		why = append(why, fmt.Sprintf("%d answers from the old Primary after the new one started (two writers)", r.OldPrimaryAnswers))
+	}
+	if len(why) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrCheckFailed, strings.Join(why, "; "))
+}
+
+// WriteJSON prints the result as one JSON object.
+func (r *CheckResult) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteText prints the result for people. Times are since the start.
+func (r *CheckResult) WriteText(w io.Writer) error {
+	var b strings.Builder
+	sec := func(d time.Duration) string { return fmt.Sprintf("%.3fs", d.Seconds()) }
+	fmt.Fprintf(&b, "check:     %d export(s), %d workers, %d blocks of %s (%s), flush-every %d, seed %d\n",
+		len(r.URLs), r.Workers, r.Blocks, FormatSize(int64(r.BlockSize)), humanBytes(r.Blocks*int64(r.BlockSize)), r.FlushEvery, r.Seed)
+	fmt.Fprintf(&b, "start:     %s, write phase %s\n", r.Start.Format(time.RFC3339Nano), sec(r.Duration))
+	fmt.Fprintf(&b, "writes:    %d issued, %d answered, %d failed; %d flushes answered; %d failover(s) seen\n",
+		r.Issued, r.Answered, r.Failed, r.Flushes, r.Switches)
+	for _, u := range r.PerURL {
+		span := "never answered"
+		if u.Answered > 0 {
+			span = fmt.Sprintf("answered %s .. %s", sec(u.FirstAnswer), sec(u.LastAnswer))
+		}
+		fmt.Fprintf(&b, "  %s: %d writes, %d flushes answered; %d connections, %d failures; %s\n",
+			u.URL, u.Answered, u.Flushes, u.Dials, u.Failures, span)
+		if u.FirstError != "" {
+			fmt.Fprintf(&b, "    first failure: %s\n", u.FirstError)
+		}
+	}
+	from, to := "last answer by "+r.LongestGapFrom, "until "+r.LongestGapTo+" answered"
+	if r.LongestGapFrom == "" {
+		from = "the start of the run"
+	}
+	if r.LongestGapTo == "" {
+		to = "until the end of the write phase"
+	}
+	fmt.Fprintf(&b, "gap:       longest %s without an answered write: from %s (%s, %s) %s\n",
+		sec(r.LongestGap), sec(r.LongestGapAt), r.LongestGapStart.Format("15:04:05.000"), from, to)
+	fmt.Fprintf(&b, "overlap:   %d answers from the old Primary after the new one started (%d late answers to writes in flight at the switch)\n",
+		r.OldPrimaryAnswers, r.LateAnswers)
+	for _, d := range r.OldPrimaryDetails {
+		fmt.Fprintf(&b, "  %s\n", d)
+	}
+	switch {
+	case r.Answered == 0:
+		fmt.Fprintf(&b, "read back: nothing (no write was answered)\n")
+	case len(r.ReadFrom) == 0:
+		fmt.Fprintf(&b, "read back: 0 of %d blocks: no export could be read\n", r.Blocks)
+	default:
+		fmt.Fprintf(&b, "read back: %d of %d blocks from %s (%d never written in this run)\n",
+			r.BlocksRead, r.Blocks, strings.Join(r.ReadFrom, ", "), r.Untouched)
+	}
+	if r.ReadError != "" {
+		fmt.Fprintf(&b, "  read error: %s\n", r.ReadError)
+	}
+	fmt.Fprintf(&b, "lost:      %d answered write(s) missing\n", r.Lost)
+	fmt.Fprintf(&b, "corrupt:   %d blocks\n", r.Corrupt)
+	for _, f := range r.Failures {
+		fmt.Fprintf(&b, "  %s\n", f)
+	}
+	if err := r.Err(); err != nil {
+		fmt.Fprintf(&b, "result:    FAILED: %s\n", strings.TrimPrefix(err.Error(), ErrCheckFailed.Error()+": "))
+	} else {
+		fmt.Fprintf(&b, "result:    OK: every answered write is there\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// checkTarget is one parsed candidate export.
+type checkTarget struct {
+	url, network, addr, export string
+}
+
+// checkRec is the bookkeeping of one block, written only by its worker
+// during the write phase.
+type checkRec struct {
+	issued, answered uint64        // sequences; 0: none
+	at               time.Duration // when answered was answered
+	url              int32         // who answered it
+}
+
+// checkRun is the state of one RunCheck.
+type checkRun struct {
+	cfg      CheckConfig
+	targets  []checkTarget
+	recs     []checkRec
+	start    time.Time
+	seq      atomic.Uint64 // the last sequence handed out
+	firstSeq uint64        // the first one
+
+	issued, failed atomic.Int64
+
+	mu         sync.Mutex // guards everything below
+	urls       []CheckURLStats
+	answered   int64
+	flushes    int64
+	lastAnswer time.Duration // since the start
+	lastURL    int           // -1: none yet
+	gap        time.Duration
+	gapAt      time.Duration
+	gapFrom    int // -1: the start
+	gapTo      int // -1: the end
+	newest     int // the current Primary: -1 none yet
+	newestAt   time.Duration
+	switches   int
+	oldAnswers int64
+	oldDetails []string
+	late       int64
+	end        time.Duration // the write phase ended; -1 while it runs
+	fatal      error
+}
+
+// RunCheck writes for cfg.Duration (or until ctx is done), then reads every
+// block back and checks it. The error is for a run that could not be made
+// (bad config, an export too small); what the check found is in the result
+// (CheckResult.Err). When ctx ends the write phase early the read-back
+// still runs, bounded by cfg.ReadTimeout; when ctx ends during the
+// read-back, the read-back stops (CheckResult.ReadError). It is skipped
+// when no write was answered.
+func RunCheck(ctx context.Context, cfg CheckConfig) (*CheckResult, error) {
+	d := CheckDefaults()
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = d.DialTimeout
+	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = d.ReadTimeout
+	}
+	if cfg.RetryPause <= 0 {
+		cfg.RetryPause = d.RetryPause
+	}
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrConfig}, a...)...)
+	}
+	switch {
+	case len(cfg.URLs) == 0:
+		return nil, bad("no export URL")
+	case cfg.Duration <= 0:
+		return nil, bad("--duration must be positive")
+	case cfg.Workers <= 0 || cfg.Workers > 4096:
+		return nil, bad("--workers %d (want 1..4096)", cfg.Workers)
+	case cfg.Blocks < int64(cfg.Workers) || cfg.Blocks > checkMaxBlocks:
+		return nil, bad("--blocks %d (want --workers (%d) .. %d)", cfg.Blocks, cfg.Workers, checkMaxBlocks)
+	case cfg.FlushEvery < 0:
+		return nil, bad("--flush-every %d", cfg.FlushEvery)
+	case cfg.RequestTimeout < 0:
+		return nil, bad("negative request timeout")
+	}
+	r := &checkRun{cfg: cfg, lastURL: -1, gapFrom: -1, gapTo: -1, newest: -1, end: -1}
+	for _, u := range cfg.URLs {
+		network, addr, export, err := ParseTarget(u)
+		if err != nil {
+			return nil, err
+		}
+		r.targets = append(r.targets, checkTarget{url: u, network: network, addr: addr, export: export})
+		r.urls = append(r.urls, CheckURLStats{URL: u})
+	}
+	if r.cfg.Seed == 0 {
+		r.cfg.Seed = rand.Uint64() | 1
+	}
+	r.recs = make([]checkRec, cfg.Blocks)
+
+	r.start = time.Now()
+	r.firstSeq = max(uint64(r.start.UnixNano()), 1)
+	r.seq.Store(r.firstSeq - 1)
+	wctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+	ended := make(chan struct{})
+	go func() {
+		<-wctx.Done()
+		r.mu.Lock()
+		r.end = time.Since(r.start)
+		r.mu.Unlock()
+		close(ended)
+	}()
+	var wg sync.WaitGroup
+	for w := range cfg.Workers {
+		wg.Go(func() { r.worker(wctx, cancel, w) })
+	}
+	wg.Wait()
+	cancel()
+	<-ended
+
+	r.mu.Lock()
+	fatal := r.fatal
+	r.mu.Unlock()
+	if fatal != nil {
+		return nil, fatal
+	}
+
+	res := r.result()
+	if res.Answered > 0 { // else there is nothing to prove, and maybe no export to read
+		if ctx.Err() != nil {
+			// ctx ended the write phase; the check still runs.
+			ctx = context.WithoutCancel(ctx)
+		}
+		r.readBack(ctx, res)
+	}
+	return res, nil
+}
+
+// dial connects to target i and checks the export can hold the working set.
+func (r *checkRun) dial(ctx context.Context, i int) (*nbd.Client, error) {
+	t := r.targets[i]
+	c, err := nbd.Dial(ctx, t.network, t.addr, nbd.ClientOptions{ExportName: t.export, Timeout: r.cfg.DialTimeout})
+	if err != nil {
+		return nil, err
+	}
+	if need := r.cfg.Blocks * CheckBlockSize; c.Size() < need {
+		_ = c.Close()
+		return nil, fmt.Errorf("%w: %s: export of %d bytes cannot hold --blocks %d (%d bytes)", ErrConfig, t.url, c.Size(), r.cfg.Blocks, need)
+	}
+	return c, nil
+}
+
+// guard runs one request on c, closing c (which fails the request) when
+// ctx ends or the request timeout passes. Close lets a request already
+// being answered finish, so a healthy export still answers it.
+func (r *checkRun) guard(ctx context.Context, c *nbd.Client, f func() error) error {
+	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
+	defer stop()
+	if r.cfg.RequestTimeout > 0 {
+		t := time.AfterFunc(r.cfg.RequestTimeout, func() { _ = c.Close() })
+		defer t.Stop()
+	}
+	return f()
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// worker writes its blocks (b ≡ w mod Workers) one at a time until ctx
+// ends, moving to the next export whenever a dial or request fails.
+func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int) {
+	cfg := &r.cfg
+	rng := rand.New(rand.NewPCG(cfg.Seed, uint64(w)))
+	workers := int64(cfg.Workers)
+	owned := (cfg.Blocks - int64(w) + workers - 1) / workers
+	buf := make([]byte, CheckBlockSize)
+	var c *nbd.Client
+	defer func() {
+		if c != nil {
+			_ = c.Close()
+		}
+	}()
+	url := 0
+	next := func(err error) {
+		r.failure(ctx, url, err)
+		if c != nil {
+			_ = c.Close()
+			c = nil
+		}
+		url = (url + 1) % len(r.targets)
+		sleepCtx(ctx, cfg.RetryPause)
+	}
+	writes := 0
+	for ctx.Err() == nil {
+		if c == nil {
+			nc, err := r.dial(ctx, url)
+			if errors.Is(err, ErrConfig) {
+				r.setFatal(err)
+				cancel()
+				return
+			}
+			if err != nil {
+				next(err)
+				continue
+			}
+			c = nc
+			r.mu.Lock()
+			r.urls[url].Dials++
+			r.mu.Unlock()
+		}
+		b := rng.Int64N(owned)*workers + int64(w)
+		off := b * CheckBlockSize
+		seq := r.seq.Add(1)
+		rec := &r.recs[b]
+		rec.issued = seq
+		MakeCheckBlock(buf, off, seq, rng)
+		r.issued.Add(1)
+		started := time.Since(r.start)
+		cl := c
+		if err := r.guard(ctx, cl, func() error { _, err := cl.WriteAt(buf, off); return err }); err != nil {
+			r.failed.Add(1)
+			next(fmt.Errorf("write: %w", err))
+			continue
+		}
+		rec.answered, rec.url = seq, int32(url)
+		rec.at = r.answer(url, started, b, seq)
+		writes++
+		if cfg.FlushEvery > 0 && writes%cfg.FlushEvery == 0 {
+			err := r.guard(ctx, cl, cl.Flush)
+			if errors.Is(err, nbd.ErrUnsupported) {
+				r.setFatal(fmt.Errorf("%w: --flush-every: %s does not support FLUSH", ErrConfig, r.targets[url].url))
+				cancel()
+				return
+			}
+			if err != nil {
+				next(fmt.Errorf("flush: %w", err))
+				continue
+			}
+			r.mu.Lock()
+			r.flushes++
+			r.urls[url].Flushes++
+			r.mu.Unlock()
+		}
+	}
+}
+
+func (r *checkRun) setFatal(err error) {
+	r.mu.Lock()
+	if r.fatal == nil {
+		r.fatal = err
+	}
+	r.mu.Unlock()
+}
+
+// failure counts a failed dial or request of export i (not those caused
+// by the end of the write phase).
+func (r *checkRun) failure(ctx context.Context, i int, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u := &r.urls[i]
+	u.Failures++
+	if u.FirstError == "" {
+		u.FirstError = fmt.Sprintf("at %.3fs: %v", time.Since(r.start).Seconds(), err)
+	}
+}
+
+// answer records that export i answered the write of seq to block b issued
+// at started, and returns when (since the start). The time is taken under
+// the lock, so answers are recorded in time order.
+func (r *checkRun) answer(i int, started time.Duration, b int64, seq uint64) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	at := time.Since(r.start)
+	r.noteAnswerLocked(i, started, at, b, seq)
+	return at
+}
+
+func (r *checkRun) noteAnswerLocked(i int, started, at time.Duration, b int64, seq uint64) {
+	if gap := at - r.lastAnswer; gap > r.gap {
+		r.gap, r.gapAt, r.gapFrom, r.gapTo = gap, r.lastAnswer, r.lastURL, i
+	}
+	r.lastAnswer, r.lastURL = at, i
+	r.answered++
+	u := &r.urls[i]
+	first := u.Answered == 0
+	u.Answered++
+	if first {
+		u.FirstAnswer = at
+	}
+	u.LastAnswer = at
+	switch {
+	case first:
+		if r.newest >= 0 {
+			r.switches++
+		}
+		r.newest, r.newestAt = i, at
+	case i == r.newest:
+	case started > r.newestAt:
+		r.oldAnswers++
+		if len(r.oldDetails) < checkMaxFailures {
+			r.oldDetails = append(r.oldDetails, fmt.Sprintf(
+				"%s answered %s (block %d) at %.3fs, issued at %.3fs, after %s first answered at %.3fs",
+				r.urls[i].URL, r.writeName(seq), b, at.Seconds(), started.Seconds(), r.urls[r.newest].URL, r.newestAt.Seconds()))
+		}
+	default:
+		r.late++
+	}
+}
+
+// result builds the write-phase part of the result.
+func (r *checkRun) result() *CheckResult {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// The time between the last answer and the end of the write phase is
+	// a gap too: an export that never came back.
+	if tail := r.end - r.lastAnswer; tail > r.gap {
+		r.gap, r.gapAt, r.gapFrom, r.gapTo = tail, r.lastAnswer, r.lastURL, -1
+	}
+	name := func(i int) string {
+		if i < 0 {
+			return ""
+		}
+		return r.targets[i].url
+	}
+	return &CheckResult{
+		URLs:              append([]string(nil), r.cfg.URLs...),
+		Workers:           r.cfg.Workers,
+		Blocks:            r.cfg.Blocks,
+		BlockSize:         CheckBlockSize,
+		FlushEvery:        r.cfg.FlushEvery,
+		Seed:              r.cfg.Seed,
+		Start:             r.start,
+		Duration:          r.end,
+		FirstSeq:          r.firstSeq,
+		Issued:            r.issued.Load(),
+		Answered:          r.answered,
+		Failed:            r.failed.Load(),
+		Flushes:           r.flushes,
+		Switches:          r.switches,
+		PerURL:            append([]CheckURLStats(nil), r.urls...),
+		LongestGap:        r.gap,
+		LongestGapAt:      r.gapAt,
+		LongestGapStart:   r.start.Add(r.gapAt),
+		LongestGapFrom:    name(r.gapFrom),
+		LongestGapTo:      name(r.gapTo),
+		OldPrimaryAnswers: r.oldAnswers,
+		OldPrimaryDetails: append([]string(nil), r.oldDetails...),
+		LateAnswers:       r.late,
+	}
+}
+
+// readBack reads every block from the export that answered last (the
+// others in turn when it fails) and checks it.
+func (r *checkRun) readBack(ctx context.Context, res *CheckResult) {
+	url := max(r.lastURL, 0)
+	buf := make([]byte, checkReadChunk*CheckBlockSize)
+	var c *nbd.Client
+	defer func() {
+		if c != nil {
+			_ = c.Close()
+		}
+	}()
+	var lastErr error
+	progress := time.Now()
+	next := func(err error) {
+		lastErr = err
+		if c != nil {
+			_ = c.Close()
+			c = nil
+		}
+		url = (url + 1) % len(r.targets)
+		sleepCtx(ctx, r.cfg.RetryPause)
+	}
+	for b := int64(0); b < r.cfg.Blocks; {
+		if ctx.Err() != nil {
+			res.ReadError = fmt.Sprintf("interrupted at block %d: %v", b, ctx.Err())
+			return
+		}
+		if c == nil {
+			if time.Since(progress) > r.cfg.ReadTimeout {
+				res.ReadError = fmt.Sprintf("gave up at block %d after %s without progress: %v", b, r.cfg.ReadTimeout, lastErr)
+				return
+			}
+			nc, err := r.dial(ctx, url)
+			if err != nil {
+				next(fmt.Errorf("%s: %w", r.targets[url].url, err))
+				continue
+			}
+			c = nc
+			if n := len(res.ReadFrom); n == 0 || res.ReadFrom[n-1] != r.targets[url].url {
+				res.ReadFrom = append(res.ReadFrom, r.targets[url].url)
+			}
+		}
+		k := min(checkReadChunk, r.cfg.Blocks-b)
+		p := buf[:k*CheckBlockSize]
+		cl := c
+		if err := r.guard(ctx, cl, func() error { _, err := cl.ReadAt(p, b*CheckBlockSize); return err }); err != nil {
+			next(fmt.Errorf("%s: read: %w", r.targets[url].url, err))
+			continue
+		}
+		for j := range k {
+			r.checkBlock(res, b+j, p[j*CheckBlockSize:(j+1)*CheckBlockSize])
+		}
+		b += k
+		progress = time.Now()
+	}
+}
+
+var zeroBlock [CheckBlockSize]byte
+
+// writeName names a sequence for people: "write #N" counting from the
+// first write of the run, or the raw sequence of an earlier run.
+func (r *checkRun) writeName(seq uint64) string {
+	if seq < r.firstSeq {
+		return fmt.Sprintf("seq %d (from before this run)", seq)
+	}
+	return fmt.Sprintf("write #%d", seq-r.firstSeq+1)
+}
+
+// checkBlock checks block b's content against its bookkeeping: it must
+// hold a version in [answered, issued]; with nothing answered it may also
+// hold zeroes (the write never landed).
+func (r *checkRun) checkBlock(res *CheckResult, b int64, data []byte) {
+	res.BlocksRead++
+	rec := r.recs[b]
+	off := b * CheckBlockSize
+	seq, ok := ParseCheckBlock(data, off)
+	zero := bytes.Equal(data, zeroBlock[:])
+	f := CheckFailure{Block: b, Offset: off, Found: seq, FoundValid: ok, Zero: zero, Answered: rec.answered, Issued: rec.issued}
+	if rec.answered != 0 {
+		f.AnsweredBy = r.targets[rec.url].url
+		f.AnsweredAt = rec.at
+	}
+	answeredBy := func() string {
+		return fmt.Sprintf("%s was answered by %s at %.3fs", r.writeName(rec.answered), f.AnsweredBy, f.AnsweredAt.Seconds())
+	}
+	switch {
+	case rec.issued == 0:
+		// Never written in this run: whatever was there before may stay,
+		// but not a block of this run.
+		res.Untouched++
+		if !ok || seq < res.FirstSeq {
+			return
+		}
+		f.Kind, f.Detail = "corrupt", fmt.Sprintf("holds %s, but this run never wrote this block (another writer?)", r.writeName(seq))
+	case ok && seq >= rec.answered && seq <= rec.issued:
+		return
+	case !ok && zero && rec.answered == 0:
+		return // the only write(s) never got an answer and never landed
+	case ok && seq < rec.answered:
+		f.Kind, f.Detail = "lost", fmt.Sprintf("holds %s, older than the answered one: %s", r.writeName(seq), answeredBy())
+	case ok: // seq > issued
+		f.Kind, f.Detail = "corrupt", fmt.Sprintf("holds %s, newer than the last one issued, %s (another writer?)", r.writeName(seq), r.writeName(rec.issued))
+	case rec.answered != 0 && zero:
+		f.Kind, f.Detail = "lost", "holds zeroes: "+answeredBy()
+	case rec.answered != 0:
+		f.Kind, f.Detail = "lost", "fails its checksum or offset (torn, corrupt or misdirected): "+answeredBy()
+	default:
+		f.Kind, f.Detail = "corrupt", fmt.Sprintf("fails its checksum or offset and is not zeroes; no write to it was answered (last issued: %s)", r.writeName(rec.issued))
+	}
+	if f.Kind == "lost" {
+		res.Lost++
+	} else {
+		res.Corrupt++
+	}
+	if len(res.Failures) < checkMaxFailures {
+		res.Failures = append(res.Failures, f)
+	}
+}
