@@ -70,9 +70,10 @@ type foState struct {
 	pingMu   sync.Mutex
 	pingSent [8]int64 // send time of ping seq%8
 
-	fencing atomic.Bool                   // Primary: unreplicated writes wait for the peer to be fenced
-	failIO  atomic.Bool                   // demoting: waiting I/O fails
-	resumed atomic.Pointer[chan struct{}] // closed and replaced to wake awaitIO
+	fencing      atomic.Bool                   // Primary: unreplicated writes wait (peer loss not yet handled, or peer not yet fenced)
+	fenceRunning atomic.Bool                   // a fencePeer goroutine runs
+	failIO       atomic.Bool                   // demoting: waiting I/O fails
+	resumed      atomic.Pointer[chan struct{}] // closed and replaced to wake awaitIO
 
 	wc           *failover.WitnessClient
 	witnessUp    atomic.Bool // the last witness request got an answer
@@ -196,11 +197,15 @@ func (r *Resource) startFencing(witnessDone, handlerDone bool) {
 	if (witnessDone || r.fo.wc == nil) && (handlerDone || !needHandler) {
 		return
 	}
-	if !r.fo.fencing.CompareAndSwap(false, true) {
+	r.fo.fencing.Store(true) // session.fail may have armed it already
+	if !r.fo.fenceRunning.CompareAndSwap(false, true) {
 		return
 	}
 	r.log.Warn("peer lost while Primary: writes the peer lacks wait until it is fenced", "peer", r.peer.Name)
-	go r.fencePeer(witnessDone, handlerDone)
+	go func() {
+		defer r.fo.fenceRunning.Store(false)
+		r.fencePeer(witnessDone, handlerDone)
+	}()
 }
 
 // fencePeer records the peer Outdated at the witness and runs the

@@ -132,6 +132,12 @@ func (s *session) fail(err error) {
 		s.mu.Unlock()
 		return
 	}
+	// A Primary's writes that find the session dead from now on (register
+	// refuses them) must not be answered before teardown has dealt with
+	// the peer's loss (new generation, fencing): arm the gate first.
+	if r := s.r; r.sess.Load() == s && r.writable.Load() {
+		r.fo.fencing.Store(true)
+	}
 	s.dead, s.err = true, err
 	s.mu.Unlock()
 	close(s.deadCh)
@@ -545,10 +551,9 @@ func (s *session) handshake() (SyncKind, error) {
 	r.link.syncedBytes.Store(0)
 	r.sess.Store(s)
 	r.mu.Unlock()
-	// Tell the peer our (possibly changed) disk state.
-	if err := s.sendMeta(r.myState(0)); err != nil {
-		return 0, err
-	}
+	// Tell the peer our (possibly changed) disk state. The session is
+	// published: if this fails, runSession tears it down like any other.
+	s.sendMeta(r.myState(0))
 	return kind, nil
 }
 
@@ -1000,20 +1005,17 @@ func (s *session) teardown() {
 	// fenced, and so do the writes it lacks (quorum.go).
 	// No r.mu until the waiting writes are answered: a demotion holding
 	// r.mu may be draining exactly those writes.
-	if r.writable.Load() {
-		if r.fenceRequired() {
-			r.startFencing(false, false)
-		} else if r.meta.Superblock().Bitmap == 0 {
-			if err := r.meta.Update(func(sb *bitmap.Superblock) {
-				g := NewCurrentUUID(Generation{Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History}, randomUUID())
-				sb.Current, sb.Bitmap, sb.History = g.Current, g.Bitmap, g.History
-			}); err != nil {
-				r.log.Error("new current UUID after losing the peer", "err", err)
-			}
-		}
-		if r.res.Net.Fencing == "resource-only" {
-			r.runHandler("fence-peer", r.res.Handlers.FencePeer)
-		}
+	switch {
+	case r.writable.Load() && r.fenceRequired():
+		r.startFencing(false, false)
+	case r.writable.Load():
+		r.fenced() // new generation (unless a resync is pending), writes go on
+	default: // demoted meanwhile: nothing waits
+		r.fo.fencing.Store(false)
+		r.wakeIO()
+	}
+	if r.writable.Load() && r.res.Net.Fencing == "resource-only" {
+		r.runHandler("fence-peer", r.res.Handlers.FencePeer)
 	}
 	r.sess.Store(nil)
 	for _, p := range pend {
