@@ -556,3 +556,34 @@ func TestQuorumLostIOError(t *testing.T) {
 	eventually(t, "quorum back", func() bool { return p.a.ReadAt(buf, 0) == nil })
 	require.NoError(t, p.a.WriteAt(buf, 0, false))
 }
+
+// No write is answered between the session's death and teardown: writes
+// that find the session dead wait for fencing too (a bug once: the
+// isolated-Primary process test lost two answered writes).
+func TestFailoverNoAnswerBeforeTeardown(t *testing.T) {
+	p := newFoPair(t, "", foOptions, "", true)
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	testTeardownDelay.Store(int64(500 * time.Millisecond))
+	defer testTeardownDelay.Store(0)
+	stop := make(chan struct{})
+	var w writer
+	var wg sync.WaitGroup
+	for i := range 8 { // writers whose write was acked just before the cut issue new ones in the window
+		wg.Go(func() { w.run("a", p.a, int64(i)*pairSize/8, int64(i+1)*pairSize/8, uint64(10+i), stop) })
+	}
+	require.Eventually(t, func() bool { return len(w.list()) > 200 }, 10*time.Second, time.Millisecond)
+	p.isolate("a") // no peer, no witness: fencing cannot finish
+	cut := time.Now()
+	time.Sleep(time.Second)
+	var late []time.Duration
+	for _, a := range w.list() {
+		if a.start.After(cut) {
+			late = append(late, a.end.Sub(cut))
+		}
+	}
+	require.Empty(t, late, "writes issued after the cut were answered without fencing")
+	close(stop)
+	p.healAll()
+	wg.Wait()
+}

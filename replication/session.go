@@ -976,6 +976,9 @@ func (r *Resource) finishSyncTarget(m *StateMsg) error {
 // miss, answers every waiting write, and detaches the session.
 func (s *session) teardown() {
 	r := s.r
+	if d := testTeardownDelay.Load(); d > 0 {
+		time.Sleep(time.Duration(d)) // tests: widen the window after fail()
+	}
 	// Writes the peer may not hold durably: unacked, or acked after the
 	// last barrier it acknowledged.
 	s.mu.Lock()
@@ -1045,6 +1048,9 @@ func (s *session) teardown() {
 	s.workers.Wait()
 	r.log.Warn("peer link down", "peer", r.peer.Name, "err", s.err, "out-of-sync", r.bm.Bytes())
 }
+
+// testTeardownDelay delays every teardown (tests only).
+var testTeardownDelay atomic.Int64
 
 // applyLimit bounds the writes the Secondary applies at once (DRBD's
 // max-buffers): beyond it the data channel is not read, and TCP pushes back
