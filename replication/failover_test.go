@@ -528,9 +528,9 @@ func TestPairKoCountDropsStuckPeer(t *testing.T) {
 	}
 	took := time.Since(start)
 	require.GreaterOrEqual(t, took, 400*time.Millisecond, "dropped before ko-count timeouts")
-	st := p.a.Status()
-	require.Contains(t, st.Connections[0].Reason, "declared dead")
-	require.Positive(t, st.Connections[0].PeerDevices[0].OutOfSync)
+	// The link dropped (it may already be back: pings and the handshake
+	// do not need the stuck disk), and the write is marked for resync.
+	require.Positive(t, p.a.Status().Connections[0].PeerDevices[0].OutOfSync)
 	t.Logf("stuck peer dropped after %v", took)
 }
 
