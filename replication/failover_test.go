@@ -587,3 +587,50 @@ func TestFailoverNoAnswerBeforeTeardown(t *testing.T) {
 	p.healAll()
 	wg.Wait()
 }
+
+// fakeServices is a start list that fails on demand and counts starts.
+type fakeServices struct {
+	fail   atomic.Bool
+	starts atomic.Int64
+	stops  atomic.Int64
+}
+
+func (f *fakeServices) Start(context.Context) error {
+	f.starts.Add(1)
+	if f.fail.Load() {
+		return fmt.Errorf("fake service failed to start")
+	}
+	return nil
+}
+
+func (f *fakeServices) Stop(context.Context) error { f.stops.Add(1); return nil }
+
+// A start list that fails demotes the node and hands the role to its
+// connected peer; if the peer's start list fails too, it is not handed
+// back.
+func TestFailoverStartListFailureHandsOver(t *testing.T) {
+	p := newFoPair(t, "", foOptions, "", true)
+	sa, sb := &fakeServices{}, &fakeServices{}
+	p.a.services, p.b.services = sa, sb
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	require.NoError(t, p.a.Secondary(false))
+	require.Equal(t, int64(1), sa.stops.Load())
+
+	sa.fail.Store(true)
+	err := p.a.Primary(false)
+	require.ErrorContains(t, err, "start list failed")
+	require.Equal(t, RoleSecondary, p.a.Role())
+	eventually(t, "b took over", func() bool { return p.b.Role() == RolePrimary })
+	require.Equal(t, int64(1), sb.starts.Load())
+	require.Equal(t, RoleSecondary, p.a.Role())
+
+	// Now b's services fail too: b demotes and hands over, a declines.
+	require.NoError(t, p.b.Secondary(false))
+	sb.fail.Store(true)
+	require.ErrorContains(t, p.b.Primary(false), "start list failed")
+	time.Sleep(time.Second)
+	require.Equal(t, RoleSecondary, p.a.Role(), "the role went back to a node whose start list just failed")
+	require.Equal(t, RoleSecondary, p.b.Role())
+	require.Equal(t, int64(2), sa.starts.Load())
+}

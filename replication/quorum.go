@@ -86,6 +86,10 @@ type foState struct {
 	// Set by the handshake: the peer stopped as Primary without demoting
 	// and is back as Secondary.
 	peerCrashed atomic.Bool
+	// startFailedAt: when this node's start list last failed (0: never);
+	// a handover from the peer within handoverQuiet is declined, so two
+	// nodes whose services both fail do not hand the role back and forth.
+	startFailedAt atomic.Int64
 }
 
 // stamp is now in ns since the failover epoch (monotonic).
@@ -528,4 +532,28 @@ func (r *Resource) takeOverFromRestartedPrimary(ctx context.Context) bool {
 	r.fo.peerWasPrimary.Store(false)
 	r.fo.peerCrashed.Store(false)
 	return true
+}
+
+// handoverQuiet is how long after its own start list failed a node
+// declines a handover from its peer.
+const handoverQuiet = time.Minute
+
+// handover is the peer's request to take over after its start list
+// failed (StateHandover): with auto-failover, a connected UpToDate
+// Secondary promotes.
+func (r *Resource) handover() {
+	if !r.res.Options.AutoFailover {
+		r.log.Warn("the peer's start list failed and it demoted; auto-failover is off: promote a node by hand", "peer", r.peer.Name)
+		return
+	}
+	if at := r.fo.startFailedAt.Load(); at != 0 && time.Duration(r.stamp()-at) < handoverQuiet {
+		r.log.Error("the peer's start list failed too: not taking the role back; fix the services, then promote by hand", "peer", r.peer.Name)
+		return
+	}
+	r.log.Warn("the peer's start list failed and it handed over: promoting", "peer", r.peer.Name)
+	go func() {
+		if err := r.promote(context.Background(), false, false); err != nil {
+			r.log.Error("taking over from the peer failed", "err", err)
+		}
+	}()
 }

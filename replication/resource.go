@@ -468,11 +468,14 @@ func (r *Resource) promote(ctx context.Context, force, auto bool) error {
 	}
 	if r.services != nil {
 		if err := r.services.Start(ctx); err != nil {
-			r.log.Error("services did not start: demoting", "err", err)
+			r.log.Error("services did not start: demoting and handing over to the peer", "err", err)
+			r.fo.startFailedAt.Store(r.stamp())
 			if derr := r.demote(true, true); derr != nil {
 				r.log.Error("demotion after failed start", "err", derr)
+			} else if s := r.sess.Load(); s != nil {
+				s.sendMeta(r.myState(StateHandover))
 			}
-			return fmt.Errorf("replication: %s: promoted, but the start list failed, so it demoted again: %w", r.res.Name, err)
+			return fmt.Errorf("replication: %s: promoted, but the start list failed, so it demoted again (a connected peer with auto-failover takes over): %w", r.res.Name, err)
 		}
 	}
 	return nil

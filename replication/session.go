@@ -656,6 +656,9 @@ func (s *session) readMeta() {
 			r.link.peerDisk = DiskState(m.Disk)
 			r.mu.Unlock()
 			r.pokeWitness()
+			if m.Flags&StateHandover != 0 && Role(m.Role) == RoleSecondary {
+				r.handover()
+			}
 		case *DisconnectMsg:
 			s.fail(fmt.Errorf("peer disconnected: %s", m.Reason))
 			return

@@ -609,7 +609,10 @@ const (
 	// StateResyncDone: sent by the sync source on the data channel after
 	// the last resync data; the target adopts the UUIDs and is UpToDate.
 	StateResyncDone
-	stateKnownFlags = StateCrashedPrimary | StateDiscardMyData | StateResyncDone
+	// StateHandover: the sender demoted because its start list failed
+	// and asks the peer to take over (auto-failover).
+	StateHandover
+	stateKnownFlags = StateCrashedPrimary | StateDiscardMyData | StateResyncDone | StateHandover
 )
 
 // StateMsg carries a node's role, disk state and generation UUIDs.
