@@ -25,6 +25,8 @@ type Options struct {
 	Logger     *slog.Logger
 	// Up lists resources (or "all") to bring up at start, before READY.
 	Up []string
+	// Metrics, if set, is where /metrics (Prometheus) is served.
+	Metrics string
 }
 
 // Daemon is one node's daemon.
@@ -76,6 +78,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	defer os.Remove(sock)
+	if d.opts.Metrics != "" {
+		addr, err := d.serveMetrics(ctx, d.opts.Metrics)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("daemon: metrics on %s: %w", d.opts.Metrics, err)
+		}
+		d.log.Info("metrics", "url", "http://"+addr+"/metrics")
+	}
 	for _, name := range d.opts.Up {
 		if resp := d.handle(ctx, Request{Verb: "up", Resource: name}); resp.Code != CodeOK {
 			ln.Close()

@@ -46,7 +46,10 @@ func freePort(t *testing.T) int {
 
 // startAlpha runs a daemon for node alpha of a two-node resource whose
 // peer (beta) never comes, with r0 up. It returns the socket and the log.
-func startAlpha(t *testing.T) (string, *syncBuffer) {
+func startAlpha(t *testing.T) (string, *syncBuffer) { return startAlphaWith(t, nil) }
+
+// startAlphaWith is startAlpha with opts adjusted by edit (nil: none).
+func startAlphaWith(t *testing.T, edit func(*Options)) (string, *syncBuffer) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "alpha.img")
 	require.NoError(t, os.WriteFile(img, nil, 0o600))
@@ -68,7 +71,11 @@ func startAlpha(t *testing.T) (string, *syncBuffer) {
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
-	d := New(Options{ConfigPath: conf, Node: "alpha", RunDir: filepath.Join(dir, "run"), Logger: log, Up: []string{"r0"}})
+	opts := Options{ConfigPath: conf, Node: "alpha", RunDir: filepath.Join(dir, "run"), Logger: log, Up: []string{"r0"}}
+	if edit != nil {
+		edit(&opts)
+	}
+	d := New(opts)
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
 	t.Cleanup(func() {

@@ -3,6 +3,7 @@ package replication
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/twinbd/twinbd/device"
 	"github.com/twinbd/twinbd/nbd"
@@ -119,7 +120,10 @@ var errActivityLog = errors.New("replication: activity log")
 // write, under the activity log, so the mark survives a crash.
 func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) Message, local func() error) error {
 	if r.peer == nil {
-		return local()
+		t0 := time.Now()
+		err := local()
+		r.latLocal.observe(time.Since(t0))
+		return err
 	}
 	unlock := r.lock.Lock(off, length)
 	defer unlock()
@@ -149,7 +153,9 @@ func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) M
 	if p == nil {
 		r.bm.SetRange(off, length)
 	}
+	t0 := time.Now()
 	lerr := local()
+	r.latLocal.observe(time.Since(t0))
 	if lerr != nil {
 		// The peer may have the new data and this disk not.
 		r.bm.SetRange(off, length)
@@ -176,6 +182,7 @@ func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) M
 			unreplicated = unreplicated || !p.ok
 		default: // protocol A or B, still in flight
 		}
+		r.latPeer.observe(time.Since(t0))
 	}
 	if lerr != nil {
 		return lerr

@@ -102,6 +102,7 @@ type Resource struct {
 	// statistics (bytes)
 	readBytes, writtenBytes atomic.Int64
 	pending                 atomic.Int64
+	latLocal, latPeer       latencyHist
 
 	// replication
 	bm     *bitmap.Bitmap      // out-of-sync blocks; nil without a peer

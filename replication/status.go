@@ -232,3 +232,37 @@ func yesNo(b bool) string {
 	}
 	return "no"
 }
+
+// Promotion reports whether `primary` (without --force) may succeed now
+// and the promotion score (the OCF agent's: 10000 UpToDate and connected,
+// 1000 UpToDate with the peer unknown, 5 Consistent, 0 otherwise) that
+// events2 and the metrics show.
+func (r *Resource) Promotion() (may bool, score int) {
+	r.mu.Lock()
+	role, disk, down := r.role, r.disk, r.down
+	peerRole := r.link.peerRole
+	r.mu.Unlock()
+	connected := r.sess.Load() != nil
+	switch {
+	case disk == DiskUpToDate && (connected || r.peer == nil):
+		score = 10000
+	case disk == DiskUpToDate:
+		score = 1000
+	case disk == DiskConsistent:
+		score = 5
+	}
+	if down || role == RolePrimary {
+		return false, score
+	}
+	switch {
+	case r.peer == nil:
+		may = disk == DiskUpToDate || disk == DiskConsistent
+	case connected:
+		may = disk == DiskUpToDate && peerRole != RolePrimary
+	case r.fo.wc != nil:
+		may = (disk == DiskUpToDate || disk == DiskConsistent) && r.fo.witnessUp.Load() && !r.fo.outdatedHere.Load()
+	default:
+		may = disk == DiskUpToDate && !r.quorumEnforced()
+	}
+	return may, score
+}

@@ -15,6 +15,7 @@ import (
 type daemonOpts struct {
 	up       []string
 	logLevel string
+	metrics  string
 }
 
 func newDaemonCmd(g *globalOpts) *cobra.Command {
@@ -35,12 +36,13 @@ SIGINT brings every resource down cleanly: demote, drain, flush.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return daemon.New(daemon.Options{
-				ConfigPath: g.config, Node: g.node, RunDir: g.runDir, Logger: log, Up: o.up,
+				ConfigPath: g.config, Node: g.node, RunDir: g.runDir, Logger: log, Up: o.up, Metrics: o.metrics,
 			}).Run(ctx)
 		},
 	}
 	cmd.Flags().StringSliceVar(&o.up, "up", nil, "resources to bring up at start (or all)")
 	cmd.Flags().StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9942)")
 	return cmd
 }
 
