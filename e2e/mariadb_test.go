@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -396,6 +397,26 @@ func (c *mariaCluster) ids(node string) map[int64]bool {
 	return got
 }
 
+var mariaStarted = regexp.MustCompile(`msg="promoter: services started".* took=(\S+)`)
+
+// lastStartList is how long node's last start list took (its daemon log).
+func (c *mariaCluster) lastStartList(node string) time.Duration {
+	c.t.Helper()
+	b, err := os.ReadFile(filepath.Join(c.dir, node+".log"))
+	require.NoError(c.t, err)
+	m := mariaStarted.FindAllSubmatch(b, -1)
+	require.NotEmpty(c.t, m, "%s: no start list in the daemon log", node)
+	d, err := time.ParseDuration(string(m[len(m)-1][1]))
+	require.NoError(c.t, err)
+	return d
+}
+
+// recoveries counts the InnoDB crash recoveries in node's mariadbd.err.
+func (c *mariaCluster) recoveries(node string) int {
+	b, _ := os.ReadFile(filepath.Join(c.nodeDir(node), "run", "mariadbd.err"))
+	return strings.Count(string(b), "Starting crash recovery")
+}
+
 func (c *mariaCluster) logs() {
 	if !c.t.Failed() {
 		return
@@ -448,7 +469,7 @@ func TestMariaDBFailover(t *testing.T) {
 
 	var next atomic.Int64
 	all := map[int64]bool{} // every id ever committed
-	var times, promos []time.Duration
+	var times, promos, starts []time.Duration
 	primary, other := "alpha", "beta"
 	for run := 1; run <= runs; run++ {
 		// The Secondary is UpToDate and the witness knows it (after a resync).
@@ -459,6 +480,7 @@ func TestMariaDBFailover(t *testing.T) {
 		w := c.startWriters(primary, &next, 4)
 		require.Eventually(t, func() bool { return w.count() >= 200 }, 60*time.Second, 10*time.Millisecond, "no commits on %s", primary)
 
+		recoveries := c.recoveries(other)
 		killed := c.crash(primary)
 		committed := w.halt()
 		for _, id := range committed {
@@ -476,6 +498,7 @@ func TestMariaDBFailover(t *testing.T) {
 			_, err := c.sql(other, "SELECT 1 FROM t.c LIMIT 1")
 			return err == nil
 		}, 120*time.Second, 20*time.Millisecond, "MariaDB never came up on %s after %s was killed", other, primary)
+		require.Greater(t, c.recoveries(other), recoveries, "%s: mariadbd.err shows no InnoDB crash recovery", other)
 		got := c.ids(other)
 		var lost []int64
 		for id := range all {
@@ -490,9 +513,10 @@ func TestMariaDBFailover(t *testing.T) {
 		require.NoError(t, err)
 		took := time.Since(killed)
 		all[id] = true
-		times, promos = append(times, took), append(promos, promoted)
-		t.Logf("run %d: kill -9 %s (daemon, mariadbd, nbdfuse) with %d commits recorded (%d in total, %d statements failed): %s Primary after %v, first new commit after %v",
-			run, primary, len(committed), len(all), w.failed, other, promoted.Round(time.Millisecond), took.Round(time.Millisecond))
+		startList := c.lastStartList(other)
+		times, promos, starts = append(times, took), append(promos, promoted), append(starts, startList)
+		t.Logf("run %d: kill -9 %s (daemon, mariadbd, nbdfuse) with %d commits recorded (%d in total, %d statements failed): %s Primary after %v, its start list took %v, first new commit after %v",
+			run, primary, len(committed), len(all), w.failed, other, promoted.Round(time.Millisecond), startList.Round(time.Millisecond), took.Round(time.Millisecond))
 
 		// The dead node comes back as Secondary and resyncs.
 		c.start(primary)
@@ -508,7 +532,8 @@ func TestMariaDBFailover(t *testing.T) {
 		return fmt.Sprintf("%s: runs=%d median=%v max=%v min=%v", name, len(s), s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond), s[0].Round(time.Millisecond))
 	}
 	report := summary("kill -9 Primary node -> first new commit on the new Primary", times) + "\n" +
-		summary("kill -9 Primary node -> new Primary promoted (role)", promos) + "\n"
+		summary("kill -9 Primary node -> new Primary promoted (role)", promos) + "\n" +
+		summary("the new Primary's start list (nbdfuse .. mariadbd answers)", starts) + "\n"
 	t.Log("\n" + report)
 	if f := os.Getenv("TWINBD_MARIADB_REPORT"); f != "" {
 		require.NoError(t, os.WriteFile(f, []byte(report), 0o644))
