@@ -27,6 +27,10 @@ type Status struct {
 	// records this node Outdated.
 	Witness         string `json:"witness,omitempty"`
 	WitnessOutdated bool   `json:"witness-outdated,omitempty"`
+	// MayPromote and PromotionScore are events2's may_promote and
+	// promotion_score (see Promotion).
+	MayPromote     bool `json:"may-promote"`
+	PromotionScore int  `json:"promotion-score"`
 }
 
 // DeviceStatus is the local volume. Sizes and counters are in KiB.
@@ -108,6 +112,7 @@ func (r *Resource) Status() Status {
 		}
 		st.WitnessOutdated = r.fo.outdatedHere.Load()
 	}
+	st.MayPromote, st.PromotionScore = r.Promotion()
 	st.Devices[0].BMWrites = r.meta.BitmapWrites()
 	if r.al != nil {
 		st.Devices[0].ALWrites = r.al.Stats()
