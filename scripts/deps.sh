@@ -9,6 +9,7 @@ declare -A need=(
   [fio]=fio [qemu-img]=qemu-utils [qemu-io]=qemu-utils [nbdkit]=nbdkit
   [fusermount3]=fuse3 [mkfs.ext4]=e2fsprogs [e2fsck]=e2fsprogs
   [losetup]=mount [python3]=python3
+  [qemu-system-x86_64]=qemu-system-x86 [cpio]=cpio
   [ocf-tester]=resource-agents [xmllint]=libxml2-utils [mariadbd]=mariadb-server [mariadb]=mariadb-client
 )
 missing=()
