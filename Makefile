@@ -37,6 +37,11 @@ bench: deps build
 demo: build
 	scripts/demo.sh
 
+# The kernel nbd-client in a qemu VM against a real pair (e2e/README.md); every scenario.
+.PHONY: e2e
+e2e: deps
+	TWINBD_E2E=full $(GO) test ./e2e -run . -v -count=1 -timeout 30m
+
 # Every fuzz target for FUZZTIME each.
 fuzz:
 	@set -e; for pkg in $$($(GO) list ./...); do \
