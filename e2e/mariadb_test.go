@@ -145,10 +145,14 @@ func newMariaCluster(t *testing.T) *mariaCluster {
 		}
 	})
 
-	build := exec.Command("go", "build", "-o", c.bin, "./cmd/twinbd")
-	build.Dir = repo
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, "go build: %s", out)
+	if bin := os.Getenv("TWINBD_BIN"); bin != "" { // a prebuilt binary instead of this tree's
+		c.bin = bin
+	} else {
+		build := exec.Command("go", "build", "-o", c.bin, "./cmd/twinbd")
+		build.Dir = repo
+		out, err := build.CombinedOutput()
+		require.NoError(t, err, "go build: %s", out)
+	}
 
 	var nbdPort, replPort [2]int
 	for i := range 2 {
@@ -399,16 +403,27 @@ func (c *mariaCluster) ids(node string) map[int64]bool {
 
 var mariaStarted = regexp.MustCompile(`msg="promoter: services started".* took=(\S+)`)
 
-// lastStartList is how long node's last start list took (its daemon log).
-func (c *mariaCluster) lastStartList(node string) time.Duration {
+// startLists lists how long each of node's start lists took (its daemon log).
+func (c *mariaCluster) startLists(node string) []time.Duration {
 	c.t.Helper()
-	b, err := os.ReadFile(filepath.Join(c.dir, node+".log"))
-	require.NoError(c.t, err)
-	m := mariaStarted.FindAllSubmatch(b, -1)
-	require.NotEmpty(c.t, m, "%s: no start list in the daemon log", node)
-	d, err := time.ParseDuration(string(m[len(m)-1][1]))
-	require.NoError(c.t, err)
-	return d
+	b, _ := os.ReadFile(filepath.Join(c.dir, node+".log"))
+	var out []time.Duration
+	for _, m := range mariaStarted.FindAllSubmatch(b, -1) {
+		d, err := time.ParseDuration(string(m[1]))
+		require.NoError(c.t, err)
+		out = append(out, d)
+	}
+	return out
+}
+
+// nextStartList waits for node's start list after the first `before` ones
+// to be logged (mariadbd may answer before the daemon has logged that its
+// start command exited) and returns how long it took.
+func (c *mariaCluster) nextStartList(node string, before int) time.Duration {
+	c.t.Helper()
+	require.Eventually(c.t, func() bool { return len(c.startLists(node)) > before }, 30*time.Second, 20*time.Millisecond,
+		"%s: the daemon log shows no new start list", node)
+	return c.startLists(node)[before]
 }
 
 // recoveries counts the InnoDB crash recoveries in node's mariadbd.err.
@@ -439,7 +454,8 @@ func mariaTail(b []byte, n int) string {
 // TestMariaDBFailover: kill -9 of the Primary node under committed
 // transactions; the other node promotes, recovers MariaDB, and has every
 // committed row. TWINBD_MARIADB_RUNS=N kills (default 2: alpha, then
-// beta); TWINBD_MARIADB_REPORT=FILE writes the timing summary there.
+// beta); TWINBD_MARIADB_REPORT=FILE writes the timing summary there;
+// TWINBD_BIN=PATH uses that twinbd binary instead of building ./cmd/twinbd.
 func TestMariaDBFailover(t *testing.T) {
 	runs := 2
 	if s := os.Getenv("TWINBD_MARIADB_RUNS"); s != "" {
@@ -480,7 +496,7 @@ func TestMariaDBFailover(t *testing.T) {
 		w := c.startWriters(primary, &next, 4)
 		require.Eventually(t, func() bool { return w.count() >= 200 }, 60*time.Second, 10*time.Millisecond, "no commits on %s", primary)
 
-		recoveries := c.recoveries(other)
+		recoveries, started := c.recoveries(other), len(c.startLists(other))
 		killed := c.crash(primary)
 		committed := w.halt()
 		for _, id := range committed {
@@ -513,7 +529,7 @@ func TestMariaDBFailover(t *testing.T) {
 		require.NoError(t, err)
 		took := time.Since(killed)
 		all[id] = true
-		startList := c.lastStartList(other)
+		startList := c.nextStartList(other, started)
 		times, promos, starts = append(times, took), append(promos, promoted), append(starts, startList)
 		t.Logf("run %d: kill -9 %s (daemon, mariadbd, nbdfuse) with %d commits recorded (%d in total, %d statements failed): %s Primary after %v, its start list took %v, first new commit after %v",
 			run, primary, len(committed), len(all), w.failed, other, promoted.Round(time.Millisecond), startList.Round(time.Millisecond), took.Round(time.Millisecond))
