@@ -5,12 +5,30 @@ BIN     := bin/twinbd
 PKGS    := ./...
 FUZZTIME ?= 30s
 
-.PHONY: all build test test-short lint bench demo fuzz deps clean
+.PHONY: all build test test-short lint bench demo fuzz deps clean install
 
 all: build
 
+# A static binary (no cgo: the kernel attach uses ioctls through x/sys).
 build:
-	$(GO) build -o $(BIN) ./cmd/twinbd
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/twinbd
+
+# Binary, OCF agent, systemd units, example resource file, man pages and
+# shell completion under DESTDIR (default /) and PREFIX (default /usr).
+PREFIX  ?= /usr
+DESTDIR ?=
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/twinbd
+	install -D -m 0755 ocf/twinbd $(DESTDIR)$(PREFIX)/lib/ocf/resource.d/twinbd/twinbd
+	install -D -m 0644 systemd/twinbd.service $(DESTDIR)/lib/systemd/system/twinbd.service
+	install -D -m 0644 systemd/twinbd@.service $(DESTDIR)/lib/systemd/system/twinbd@.service
+	install -D -m 0644 contrib/twinbd.conf.example $(DESTDIR)/etc/twinbd/twinbd.conf.example
+	install -D -m 0644 contrib/prometheus/twinbd-alerts.yml $(DESTDIR)$(PREFIX)/share/twinbd/prometheus/twinbd-alerts.yml
+	install -D -m 0644 contrib/grafana/twinbd-dashboard.json $(DESTDIR)$(PREFIX)/share/twinbd/grafana/twinbd-dashboard.json
+	install -d $(DESTDIR)$(PREFIX)/share/man/man8 && TWINBD_NODE=NODE $(BIN) gen-man $(DESTDIR)$(PREFIX)/share/man/man8
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions
+	$(BIN) completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/twinbd
+	$(BIN) completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_twinbd
 
 deps:
 	@scripts/deps.sh

@@ -34,7 +34,7 @@ func newRootCmd() *cobra.Command {
 	pf.StringVar(&g.config, "config", envOr("TWINBD_CONFIG", "/etc/twinbd/twinbd.conf"), "resource file ($TWINBD_CONFIG)")
 	pf.StringVar(&g.node, "node", envOr("TWINBD_NODE", defaultNode()), "this node's name, as in the resource file's \"on NAME\" ($TWINBD_NODE)")
 	pf.StringVar(&g.runDir, "run-dir", envOr("TWINBD_RUN_DIR", "/run/twinbd"), "directory of the per-node control sockets ($TWINBD_RUN_DIR)")
-	root.AddCommand(newDaemonCmd(g), newCreateMDCmd(g), newDumpCmd(g), newBenchCmd(), newWitnessCmd(g), newEventsCmd(g))
+	root.AddCommand(newDaemonCmd(g), newCreateMDCmd(g), newDumpCmd(g), newBenchCmd(), newWitnessCmd(g), newEventsCmd(g), newGenManCmd())
 	root.AddCommand(newVerbCmds(g)...)
 	return root
 }
