@@ -538,13 +538,14 @@ func TestPairKoCountDropsStuckPeer(t *testing.T) {
 // quorum; with on-no-quorum io-error its I/O fails instead of waiting, and
 // comes back when the peer does.
 func TestQuorumLostIOError(t *testing.T) {
-	p := newFoPair(t, "", "quorum majority; on-no-quorum io-error;", "", false)
+	p := newFoPair(t, "", "quorum majority; on-no-quorum io-error;", `quorum-lost "logger lost";`, false)
 	require.NoError(t, p.a.Primary(true))
 	p.waitSynced(p.a)
 	buf := make([]byte, 4096)
 	require.NoError(t, p.a.ReadAt(buf, 0))
 	p.net.Partition("a:1", "b:1")
 	eventually(t, "reads fail", func() bool { return p.a.ReadAt(buf, 0) != nil })
+	eventually(t, "quorum-lost handler", func() bool { return p.called("a", "quorum-lost") })
 	err := p.a.WriteAt(buf, 0, false)
 	require.ErrorIs(t, err, ErrNoQuorum)
 	require.False(t, p.a.Status().Devices[0].Quorum)

@@ -557,3 +557,33 @@ func (r *Resource) handover() {
 		}
 	}()
 }
+
+// runQuorumWatch logs quorum changes of a Primary and runs the
+// `quorum-lost` handler when it loses quorum (quorum is a lease: it ends
+// by time, so it is sampled every 100 ms).
+func (r *Resource) runQuorumWatch(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	had := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !r.writable.Load() {
+			had = true
+			continue
+		}
+		q := r.haveQuorum()
+		switch {
+		case had && !q:
+			r.log.Error("quorum lost: I/O is "+map[bool]string{true: "failing (on-no-quorum io-error)", false: "suspended (on-no-quorum suspend-io)"}[r.res.Options.OnNoQuorum == "io-error"],
+				"peer-connected", r.sess.Load() != nil, "witness", r.fo.witnessUp.Load())
+			r.runHandler("quorum-lost", r.res.Handlers.QuorumLost)
+		case !had && q:
+			r.log.Warn("quorum regained: I/O goes on")
+		}
+		had = q
+	}
+}

@@ -222,6 +222,9 @@ func Up(opts Options) (*Resource, error) {
 		if opts.Res.Options.AutoFailover {
 			r.bg.Go(func() { r.runAutoFailover(ctx) })
 		}
+		if r.quorumEnforced() {
+			r.bg.Go(func() { r.runQuorumWatch(ctx) })
+		}
 	}
 	return r, nil
 }
