@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -107,6 +108,10 @@ type ClientOptions struct {
 	// Timeout bounds dial plus handshake (and the wait for the server to
 	// close after NBD_CMD_DISC in Close). Zero means 10 s.
 	Timeout time.Duration
+	// TLS, when non-nil, upgrades the connection with NBD_OPT_STARTTLS
+	// before anything else is negotiated (an nbds:// URI); a server that
+	// refuses it is an error. ServerName or RootCAs as for any TLS client.
+	TLS *tls.Config
 }
 
 // Client is a userspace NBD client over one connection. All methods may be
@@ -179,7 +184,7 @@ func Dial(ctx context.Context, network, addr string, opts ClientOptions) (*Clien
 	_ = conn.SetDeadline(deadline)
 	// Cancellation of ctx during the handshake unblocks the I/O.
 	stop := context.AfterFunc(dctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	c, err := newClientConn(conn, opts.ExportName, timeout)
+	c, err := newClientConn(conn, opts.ExportName, timeout, opts.TLS)
 	if !stop() && err == nil {
 		// ctx ended just as the handshake finished: the deadline may
 		// already be in the past, so the connection is not usable.
@@ -201,7 +206,7 @@ func Dial(ctx context.Context, network, addr string, opts ClientOptions) (*Clien
 // NewClient runs the handshake on an already connected conn (net.Pipe in
 // tests, a socket pair) and starts the client. The caller sets deadlines.
 func NewClient(conn net.Conn, opts ClientOptions) (*Client, error) {
-	c, err := newClientConn(conn, opts.ExportName, opts.Timeout)
+	c, err := newClientConn(conn, opts.ExportName, opts.Timeout, opts.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("nbd: handshake: %w", err)
 	}
@@ -210,7 +215,7 @@ func NewClient(conn net.Conn, opts ClientOptions) (*Client, error) {
 	return c, nil
 }
 
-func newClientConn(conn net.Conn, exportName string, timeout time.Duration) (*Client, error) {
+func newClientConn(conn net.Conn, exportName string, timeout time.Duration, tc *tls.Config) (*Client, error) {
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
@@ -224,6 +229,15 @@ func newClientConn(conn net.Conn, exportName string, timeout time.Duration) (*Cl
 	hs, err := clientGreet(r, c.w)
 	if err != nil {
 		return nil, err
+	}
+	if tc != nil {
+		tconn, err := clientStartTLS(conn, r, c.w, tc)
+		if err != nil {
+			return nil, err
+		}
+		conn = tconn
+		r.Reset(conn)
+		c.w.Reset(conn)
 	}
 	if err := c.negotiate(r, hs, exportName); err != nil {
 		return nil, err
@@ -275,6 +289,29 @@ func clientGreet(r *bufio.Reader, w *bufio.Writer) (uint16, error) {
 	binary.BigEndian.PutUint32(out[:], cf)
 	w.Write(out[:])
 	return hs, nil
+}
+
+// clientStartTLS sends NBD_OPT_STARTTLS and, on ACK, runs the TLS
+// handshake over conn.
+func clientStartTLS(conn net.Conn, r *bufio.Reader, w *bufio.Writer, tc *tls.Config) (*tls.Conn, error) {
+	if err := clientSendOption(w, OptStartTLS, nil); err != nil {
+		return nil, err
+	}
+	rep, err := clientReadOptionReply(r, OptStartTLS)
+	if err != nil {
+		return nil, err
+	}
+	if rep.typ != RepAck {
+		return nil, fmt.Errorf("server refused TLS: %w", clientOptionError(OptStartTLS, rep))
+	}
+	if r.Buffered() > 0 {
+		return nil, fmt.Errorf("%w: data after the STARTTLS reply", ErrProtocol)
+	}
+	tconn := tls.Client(conn, tc)
+	if err := tconn.Handshake(); err != nil {
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	return tconn, nil
 }
 
 // clientSendOption writes one option request and flushes.

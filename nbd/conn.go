@@ -41,7 +41,9 @@ var errBadMagic = errors.New("nbd: bad request magic")
 // their buffers) exist per connection at any time.
 type conn struct {
 	srv      *Server
-	nc       net.Conn
+	nc       net.Conn // the socket: deadlines and Close (from any goroutine)
+	rw       net.Conn // the byte stream: nc, or the TLS session over it
+	tls      bool     // STARTTLS done
 	br       *bufio.Reader
 	stopping atomic.Bool // set by Shutdown: read no further requests
 
@@ -62,7 +64,7 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	return &conn{srv: s, nc: nc}
+	return &conn{srv: s, nc: nc, rw: nc}
 }
 
 // stopReading makes the reader stop before its next request; a read in
@@ -76,7 +78,7 @@ func (c *conn) serve() {
 	defer c.srv.untrack(c)
 	defer c.nc.Close()
 	log := c.srv.log.With("remote", c.nc.RemoteAddr().String())
-	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
+	c.br = bufio.NewReaderSize(c.rw, readBufferSize)
 	exp, err := c.handshake()
 	if err != nil {
 		if !errors.Is(err, errAbort) {
@@ -89,7 +91,7 @@ func (c *conn) serve() {
 	if err := c.nc.SetDeadline(time.Time{}); err != nil || c.stopping.Load() {
 		return
 	}
-	log.Debug("nbd: transmission started", "size", exp.Size(), "readonly", exp.ReadOnly())
+	log.Debug("nbd: transmission started", "size", exp.Size(), "readonly", exp.ReadOnly(), "tls", c.tls)
 	err = c.transmit(exp)
 	log.Debug("nbd: connection closed", "err", err)
 }
@@ -101,7 +103,8 @@ func (c *conn) transmit(exp Export) error {
 	c.size = uint64(exp.Size())
 	c.readOnly = exp.ReadOnly()
 	c.sem = make(chan struct{}, c.srv.cfg.MaxInflight)
-	if sc, ok := c.nc.(syscall.Conn); ok {
+	// SIOCINQ counts TLS records, not requests: only for plain sockets.
+	if sc, ok := c.rw.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
 	// Never blocks: a reply exists only for a request holding a slot.
@@ -282,7 +285,7 @@ func (c *conn) serveInline(r *request) {
 		iov = append(iov, r.data)
 	}
 	bufs := net.Buffers(iov)
-	if _, err := bufs.WriteTo(c.nc); err != nil {
+	if _, err := bufs.WriteTo(c.rw); err != nil {
 		c.srv.log.Debug("nbd: write reply", "err", err)
 		c.nc.Close() // the next read fails and ends the connection
 	}
@@ -378,7 +381,7 @@ func (c *conn) writeLoop() {
 				}
 			}
 			bufs := net.Buffers(iov)
-			if _, err := bufs.WriteTo(c.nc); err != nil {
+			if _, err := bufs.WriteTo(c.rw); err != nil {
 				failed = true
 				c.srv.log.Debug("nbd: write reply", "err", err)
 				// Stop the reader too: nobody hears us any more.

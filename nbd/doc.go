@@ -13,7 +13,10 @@
 //	   │         C: client flags (FIXED_NEWSTYLE required, else close)
 //	   │         options, in a loop, each answered:
 //	   │           LIST → SERVER per name, ACK     INFO → INFO…, ACK (loop on)
-//	   │           STRUCTURED_REPLY, STARTTLS, others → ERR_UNSUP
+//	   │           STARTTLS → ACK, TLS handshake, options go on inside TLS
+//	   │             (ERR_UNSUP when TLS is off; TLS required: before it every
+//	   │             option but ABORT → ERR_TLS_REQD, EXPORT_NAME → close)
+//	   │           STRUCTURED_REPLY, others → ERR_UNSUP
 //	   │           ABORT → ACK, close   bad magic / option > 16 MiB → close
 //	   │         GO → INFO…, ACK ─┐   EXPORT_NAME → size, flags[, zeroes] ─┐
 //	   ▼                          ▼                                        ▼

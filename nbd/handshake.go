@@ -2,10 +2,13 @@ package nbd
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 )
 
@@ -28,6 +31,7 @@ var (
 	errAbort         = errors.New("nbd: client aborted the handshake")
 	errUnknownExport = errors.New("nbd: EXPORT_NAME for an unknown export")
 	errStopping      = errors.New("nbd: server shutting down")
+	errTLSRequired   = errors.New("nbd: TLS required")
 )
 
 // handshake runs the fixed-newstyle negotiation and returns the export the
@@ -37,7 +41,7 @@ func (c *conn) handshake() (Export, error) {
 	if err := c.nc.SetDeadline(time.Now().Add(cfg.HandshakeTimeout)); err != nil {
 		return nil, err
 	}
-	bw := bufio.NewWriterSize(c.nc, 4096)
+	bw := bufio.NewWriterSize(c.rw, 4096)
 	var b [18]byte
 	binary.BigEndian.PutUint64(b[0:], MagicNBD)
 	binary.BigEndian.PutUint64(b[8:], MagicOption)
@@ -56,6 +60,12 @@ func (c *conn) handshake() (Export, error) {
 	// attach) sends no flags and then haggles with OPT_GO like a fixed one.
 	if cflags&^(ClientFlagFixedNewstyle|ClientFlagNoZeroes) != 0 {
 		return nil, fmt.Errorf("%w: %#x", errClientFlags, cflags)
+	}
+	if cfg.TLS == TLSRequire && cflags&ClientFlagFixedNewstyle == 0 {
+		// Without fixed newstyle the client cannot understand TLS_REQD.
+		c.srv.refusal("nbd: client refused: TLS required but the client does not speak fixed newstyle",
+			"remote", c.nc.RemoteAddr().String())
+		return nil, fmt.Errorf("%w: client did not negotiate fixed newstyle", errTLSRequired)
 	}
 	h := optionHaggler{c: c, bw: bw, noZeroes: cflags&ClientFlagNoZeroes != 0}
 	for {
@@ -112,6 +122,24 @@ func (h *optionHaggler) option() (Export, error) {
 		return nil, err
 	}
 
+	if h.c.srv.cfg.TLS == TLSRequire && !h.c.tls {
+		// Before STARTTLS only ABORT and STARTTLS itself are served.
+		switch opt {
+		case OptExportName:
+			// EXPORT_NAME has no error reply: the spec says close.
+			h.c.srv.refusal("nbd: plain client refused: TLS required (EXPORT_NAME before STARTTLS)",
+				"remote", h.c.nc.RemoteAddr().String())
+			return nil, fmt.Errorf("%w: EXPORT_NAME before STARTTLS", errTLSRequired)
+		case OptAbort, OptStartTLS:
+		default:
+			if opt == OptGo || opt == OptInfo {
+				h.c.srv.refusal("nbd: plain client refused: TLS required",
+					"remote", h.c.nc.RemoteAddr().String())
+			}
+			return nil, h.reply(opt, RepErrTLSReqd, []byte("TLS required: send NBD_OPT_STARTTLS first"))
+		}
+	}
+
 	switch opt {
 	case OptExportName:
 		return h.exportName(string(data))
@@ -139,10 +167,89 @@ func (h *optionHaggler) option() (Export, error) {
 		// Answered honestly: this server sends simple replies only.
 		return nil, h.reply(opt, RepErrUnsup, []byte("structured replies are not supported"))
 	case OptStartTLS:
-		return nil, h.reply(opt, RepErrUnsup, []byte("TLS is not supported"))
+		return nil, h.startTLS(length)
 	default:
 		return nil, h.reply(opt, RepErrUnsup, nil)
 	}
+}
+
+// startTLS answers NBD_OPT_STARTTLS: ACK, then the TLS handshake on the
+// same socket (bounded by the handshake deadline already set); option
+// haggling then starts over inside TLS. The certificate files are read on
+// every STARTTLS, so renewed certificates apply to the next client.
+func (h *optionHaggler) startTLS(length uint32) error {
+	c := h.c
+	const opt = OptStartTLS
+	switch {
+	case c.srv.cfg.TLS != TLSOffer && c.srv.cfg.TLS != TLSRequire:
+		return h.reply(opt, RepErrUnsup, []byte("TLS is not enabled on this export"))
+	case c.tls:
+		return h.reply(opt, RepErrInvalid, []byte("TLS is already negotiated"))
+	case length != 0:
+		return h.reply(opt, RepErrInvalid, []byte("STARTTLS takes no data"))
+	}
+	tc, err := c.srv.cfg.tlsConfig()
+	if err != nil {
+		c.srv.log.Error("nbd: STARTTLS refused: the server's TLS configuration does not load", "err", err)
+		return h.reply(opt, RepErrPolicy, []byte("TLS is not available on this server (see its log)"))
+	}
+	// A client may not send anything before it has read the ACK: bytes
+	// already buffered would be plaintext injected into the TLS session.
+	if c.br.Buffered() > 0 {
+		return errors.New("nbd: data after STARTTLS before the ACK")
+	}
+	h.reply(opt, RepAck, nil)
+	if err := h.bw.Flush(); err != nil {
+		return err
+	}
+	conn := tls.Server(c.nc, tc)
+	if err := conn.Handshake(); err != nil {
+		c.srv.refusal("nbd: TLS handshake failed", "remote", c.nc.RemoteAddr().String(), "err", err)
+		return fmt.Errorf("nbd: tls handshake: %w", err)
+	}
+	c.tls = true
+	c.rw = conn
+	c.br.Reset(conn)
+	h.bw.Reset(conn)
+	return nil
+}
+
+// tlsConfig loads the server certificate and, with TLSCA, the CA client
+// certificates must chain to.
+func (cfg *ServerConfig) tlsConfig() (*tls.Config, error) {
+	if cfg.TLSCert == "" || cfg.TLSKey == "" {
+		return nil, errors.New("nbd: tls: no server certificate and key configured")
+	}
+	certPEM, err := os.ReadFile(cfg.TLSCert)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: tls: tls-cert: %w", err)
+	}
+	keyPEM, err := os.ReadFile(cfg.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: tls: tls-key: %w", err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: tls: tls-cert %s / tls-key %s: %w", cfg.TLSCert, cfg.TLSKey, err)
+	}
+	tc := &tls.Config{
+		MinVersion:             tls.VersionTLS12,
+		Certificates:           []tls.Certificate{cert},
+		SessionTicketsDisabled: true,
+	}
+	if cfg.TLSCA != "" {
+		caPEM, err := os.ReadFile(cfg.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("nbd: tls: tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(caPEM) {
+			return nil, fmt.Errorf("nbd: tls: tls-ca %s: no PEM certificate found", cfg.TLSCA)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
 }
 
 // reply queues one option reply (flushed after the option is handled).

@@ -38,7 +38,27 @@ type ServerConfig struct {
 	// client whose address is outside all of its prefixes. Clients without
 	// an IP address (unix sockets, pipes) are refused too.
 	AllowList []netip.Prefix
+	// TLS offers NBD_OPT_STARTTLS (TLSOffer) or demands it (TLSRequire:
+	// before STARTTLS every option but ABORT is answered NBD_REP_ERR_TLS_REQD
+	// and EXPORT_NAME closes the connection). TLS 1.2 or later.
+	TLS TLSMode
+	// TLSCert and TLSKey are PEM files: the server certificate (chain) and
+	// its key. Read on every STARTTLS, so renewals apply to new clients.
+	TLSCert, TLSKey string
+	// TLSCA, when set, is a PEM file of the CA(s) client certificates must
+	// chain to; clients without such a certificate are refused.
+	TLSCA string
 }
+
+// TLSMode says whether the server offers or requires TLS. The values are
+// the resource file's `nbd { tls no|yes|required; }`.
+type TLSMode string
+
+const (
+	TLSOff     TLSMode = "no" // also ""
+	TLSOffer   TLSMode = "yes"
+	TLSRequire TLSMode = "required"
+)
 
 // Server serves NBD exports. See the package documentation for the
 // connection life cycle and the concurrency contract.
@@ -54,6 +74,33 @@ type Server struct {
 	connWG  sync.WaitGroup // one per served connection
 	active  atomic.Int64   // connections in the transmission phase
 	inlined atomic.Int64   // requests served inline (queue-depth-1 clients)
+
+	refuseMu     sync.Mutex // guards the refusal log's rate limit
+	refuseLogged time.Time  // last refusal logged
+	refuseQuiet  int        // refusals not logged since then
+}
+
+// refusalLogEvery rate-limits the log of refused clients, so a scan or a
+// flood of connections cannot flood the log.
+const refusalLogEvery = time.Second
+
+// refusal logs a refused client at Warn level, at most once per
+// refusalLogEvery; the next line counts the ones left out.
+func (s *Server) refusal(msg string, args ...any) {
+	s.refuseMu.Lock()
+	now := time.Now()
+	if !s.refuseLogged.IsZero() && now.Sub(s.refuseLogged) < refusalLogEvery {
+		s.refuseQuiet++
+		s.refuseMu.Unlock()
+		return
+	}
+	quiet := s.refuseQuiet
+	s.refuseLogged, s.refuseQuiet = now, 0
+	s.refuseMu.Unlock()
+	if quiet > 0 {
+		args = append(args, "not_logged_since_last", quiet)
+	}
+	s.log.Warn(msg, args...)
 }
 
 // NewServer returns a Server for cfg.
@@ -68,6 +115,14 @@ func NewServer(cfg ServerConfig) *Server {
 	cfg.MaxRequest = min(cfg.MaxRequest, 1<<31)
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	switch cfg.TLS {
+	case "", TLSOff:
+		cfg.TLS = TLSOff
+	case TLSOffer, TLSRequire:
+	default:
+		// An unknown mode fails closed.
+		cfg.TLS = TLSRequire
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -123,7 +178,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		backoff = 0
 		if !s.allowed(nc.RemoteAddr()) {
-			s.log.Warn("nbd: client refused by allow-list", "remote", nc.RemoteAddr().String())
+			s.refusal("nbd: client refused by allow-list", "remote", nc.RemoteAddr().String())
 			nc.Close()
 			continue
 		}
