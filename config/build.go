@@ -282,6 +282,7 @@ func build(stmts []*stmt) (*Config, error) {
 	tmpl.r.Net = defaultNet()
 	tmpl.r.Disk = defaultDisk()
 	tmpl.r.Options = defaultOptions()
+	tmpl.r.NBD = NBD{TLS: "no"}
 
 	var common *stmt
 	var resources []*stmt
@@ -380,7 +381,7 @@ func applySection(b *rbuilder, sec *sectionDef, st *stmt, seen map[string]Pos) e
 	return nil
 }
 
-var resourceKeys = "net, disk, handlers, options, promoter, on, witness, export"
+var resourceKeys = "net, disk, handlers, options, promoter, nbd, on, witness, export"
 
 func buildResource(b *rbuilder, s *stmt) (*Resource, error) {
 	name := s.args[0]
@@ -453,6 +454,16 @@ func buildResource(b *rbuilder, s *stmt) (*Resource, error) {
 				return nil, err
 			}
 			b.r.Promoter = p
+		case "nbd":
+			if first, dup := secSeen["nbd"]; dup {
+				return nil, errorf(st.key.pos, "duplicate nbd section (first at %s)", first)
+			}
+			secSeen["nbd"] = st.key.pos
+			n, err := buildNBD(st, b.r.Name)
+			if err != nil {
+				return nil, err
+			}
+			b.r.NBD = *n
 		case "include":
 			return nil, errorf(st.key.pos, "include is only allowed at top level, not inside resource %s", b.r.Name)
 		default:
@@ -711,6 +722,85 @@ func address(v token, key string) (string, error) {
 }
 
 var hostnamePattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$`)
+
+var nbdKeys = "tls, tls-cert, tls-key, tls-ca, allow"
+
+// buildNBD reads `nbd { }`: `allow` may repeat (kept in file order), every
+// other key stands at most once.
+func buildNBD(s *stmt, res string) (*NBD, error) {
+	if err := header(s, "nbd", 0); err != nil {
+		return nil, err
+	}
+	n := NBD{TLS: "no"}
+	seen := map[string]Pos{}
+	allowed := map[netip.Prefix]Pos{}
+	var tlsAt Pos
+	for _, st := range s.block {
+		k := st.key.text
+		if !strings.Contains(", "+nbdKeys+",", ", "+k+",") {
+			return nil, errorf(st.key.pos, "unknown key %q in nbd section (expected one of: %s)", k, nbdKeys)
+		}
+		if first, dup := seen[k]; dup && k != "allow" {
+			return nil, errorf(st.key.pos, "duplicate key %q in nbd section (first at %s)", k, first)
+		}
+		seen[k] = st.key.pos
+		v, err := oneValue(st)
+		if err != nil {
+			return nil, err
+		}
+		switch k {
+		case "tls":
+			n.TLS, err = enum(v, k, "no", "yes", "required")
+			tlsAt = v.pos
+		case "tls-cert":
+			n.TLSCert, err = path(v, k)
+		case "tls-key":
+			n.TLSKey, err = path(v, k)
+		case "tls-ca":
+			n.TLSCA, err = path(v, k)
+		case "allow":
+			var p netip.Prefix
+			p, err = allowPrefix(v)
+			if err == nil {
+				if first, dup := allowed[p]; dup {
+					err = errorf(v.pos, "duplicate allow %s in nbd section (first at %s)", p, first)
+				}
+				allowed[p] = v.pos
+				n.Allow = append(n.Allow, p)
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if n.TLS != "no" && (n.TLSCert == "" || n.TLSKey == "") {
+		return nil, errorf(tlsAt, "tls %s in the nbd section of resource %s needs tls-cert and tls-key (the export's certificate and key)", n.TLS, res)
+	}
+	if n.TLSCA != "" && n.TLS != "required" {
+		return nil, errorf(seen["tls-ca"], "tls-ca in the nbd section of resource %s needs tls required: with tls %s a client without a certificate would still get in over plain NBD", res, n.TLS)
+	}
+	return &n, nil
+}
+
+// allowPrefix parses `allow CIDR|IP`: a bare address is a single host; a
+// CIDR must have no host bits set (10.0.0.0/8, not 10.1.2.3/8).
+func allowPrefix(v token) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(v.text); err == nil && a.Zone() == "" {
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(v.text)
+	if err != nil {
+		return netip.Prefix{}, errorf(v.pos, "invalid allow %q (expected an IP address or a CIDR prefix such as 10.0.0.0/8)", v.text)
+	}
+	if p.Addr().Is4In6() {
+		return netip.Prefix{}, errorf(v.pos, "invalid allow %q (write IPv4-mapped prefixes as plain IPv4)", v.text)
+	}
+	if m := p.Masked(); m != p {
+		return netip.Prefix{}, errorf(v.pos, "invalid allow %q (host bits set: did you mean %s?)", v.text, m)
+	}
+	return p, nil
+}
 
 var promoterKeys = "start, start-timeout, stop-timeout, on-stop-failure, attach-device"
 

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -27,6 +28,21 @@ type Resource struct {
 	// Promoter is the `promoter { }` section (what runs on top of the device
 	// while this node is Primary), nil when the resource has none.
 	Promoter *Promoter
+	// NBD is the `nbd { }` section: who may use the export, and TLS.
+	NBD NBD
+}
+
+// NBD is the `nbd { }` section: the export's TLS and allow-list.
+type NBD struct {
+	// TLS is "no" (default), "yes" (NBD_OPT_STARTTLS offered) or
+	// "required" (plain clients refused).
+	TLS     string
+	TLSCert string // PEM server certificate (chain)
+	TLSKey  string // PEM key of TLSCert
+	TLSCA   string // PEM CA; set: clients need a certificate it signed (tls required only)
+	// Allow lists the client addresses served (`allow CIDR|IP;`, repeatable,
+	// a bare IP is a /32 or /128), in file order; nil serves everyone.
+	Allow []netip.Prefix
 }
 
 // Host is one `on NAME { }` section.
@@ -303,6 +319,7 @@ func (r *Resource) Redacted() *Resource {
 		}
 		c.Promoter = &p
 	}
+	c.NBD.Allow = slices.Clone(r.NBD.Allow)
 	if c.Net.SharedSecret != "" {
 		c.Net.SharedSecret = "<redacted>"
 	}

@@ -5,9 +5,10 @@
 //	file      = { statement } .
 //	statement = "include" VALUE ";"
 //	          | "common" "{" { section } "}"
-//	          | "resource" NAME "{" { section | host | reskey | promoter } "}" .
+//	          | "resource" NAME "{" { section | host | reskey | promoter | nbd } "}" .
 //	section   = ( "net" | "disk" | "handlers" | "options" ) "{" { KEY VALUE ";" } "}" .
 //	promoter  = "promoter" "{" { "start" VALUE [ "stop" VALUE ] ";" | KEY VALUE ";" } "}" .
+//	nbd       = "nbd" "{" { KEY VALUE ";" } "}" .
 //	host      = "on" NAME "{" { KEY VALUE ";" } "}" .
 //	reskey    = ( "witness" | "export" ) VALUE ";" .
 //	VALUE     = WORD | STRING .
@@ -38,6 +39,12 @@
 // a command pair: start "COMMAND" stop "COMMAND". The other keys are
 // start-timeout and stop-timeout (seconds, each entry), on-stop-failure (a shell
 // command) and attach-device (yes or no).
+//
+// The nbd section (resource level only) protects the export: tls no|yes|required
+// (yes offers NBD_OPT_STARTTLS, required refuses plain clients), tls-cert and
+// tls-key (PEM, needed unless tls no), tls-ca (PEM; client certificates become
+// mandatory and must chain to it; only with tls required) and allow IP|CIDR,
+// repeatable, the client addresses served (none: everyone). See docs/security.md.
 //
 // Nothing is silently ignored: an unknown section or key, a duplicate key, a value
 // out of range, a missing required key in an on section, or a third on section is an

@@ -57,7 +57,7 @@ func TestErrors(t *testing.T) {
 		{"include inside resource", "resource r0 { include \"x\"; }", `e.res:1:15: include is only allowed at top level, not inside resource r0`},
 		// sections and keys
 		{"unknown key", res("net { protocl C; }"), `e.res:2:7: unknown key "protocl" in net section (expected one of: protocol, shared-secret, cram-hmac-alg, fencing, after-sb-0pri, `},
-		{"unknown resource key", res("volume 0 { }"), `e.res:2:1: unknown key "volume" in resource r0 (expected one of: net, disk, handlers, options, promoter, on, witness, export)`},
+		{"unknown resource key", res("volume 0 { }"), `e.res:2:1: unknown key "volume" in resource r0 (expected one of: net, disk, handlers, options, promoter, nbd, on, witness, export)`},
 		{"duplicate key", res("net { protocol C;\nprotocol A; }"), `e.res:3:1: duplicate key "protocol" in net section (first at e.res:2:7)`},
 		{"duplicate section", res("net { }\nnet { }"), `e.res:3:1: duplicate net section (first at e.res:2:1)`},
 		{"section as key", res("net C;"), `e.res:2:5: expected "{" after "net", found "C"`},

@@ -108,6 +108,20 @@ func (r *Resource) Format() string {
 		w.close()
 	}
 
+	if nb := &r.NBD; nb.TLS != "no" || nb.TLSCert != "" || nb.TLSKey != "" || nb.TLSCA != "" || nb.Allow != nil {
+		w.open("nbd")
+		w.kv("tls", nb.TLS)
+		for _, kv := range [][2]string{{"tls-cert", nb.TLSCert}, {"tls-key", nb.TLSKey}, {"tls-ca", nb.TLSCA}} {
+			if kv[1] != "" {
+				w.kv(kv[0], word(kv[1]))
+			}
+		}
+		for _, p := range nb.Allow {
+			w.kv("allow", word(p.String()))
+		}
+		w.close()
+	}
+
 	if r.Witness != "" {
 		w.kv("witness", word(r.Witness))
 	}
