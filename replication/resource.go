@@ -556,8 +556,13 @@ func (r *Resource) promoteLocked(force, known bool) error {
 	}
 	r.disk = DiskUpToDate
 	r.server = nbd.NewServer(nbd.ServerConfig{
-		Exports: nbd.StaticResolver{r.res.Name: r},
-		Logger:  r.log,
+		Exports:   nbd.StaticResolver{r.res.Name: r},
+		Logger:    r.log,
+		AllowList: r.res.NBD.Allow,
+		TLS:       nbd.TLSMode(r.res.NBD.TLS),
+		TLSCert:   r.res.NBD.TLSCert,
+		TLSKey:    r.res.NBD.TLSKey,
+		TLSCA:     r.res.NBD.TLSCA,
 	})
 	r.ln = ln
 	r.role = RolePrimary
