@@ -161,7 +161,13 @@ type CheckURLStats struct {
 	// FirstAnswer and LastAnswer are since the start (valid when Answered > 0).
 	FirstAnswer time.Duration `json:"first_answer_ns"`
 	LastAnswer  time.Duration `json:"last_answer_ns"`
+	// Timeline counts the writes answered in each TimelineStep since the
+	// start (for --plot).
+	Timeline []int64 `json:"timeline,omitempty"`
 }
+
+// TimelineStep is the width of a CheckURLStats.Timeline bucket.
+const TimelineStep = 50 * time.Millisecond
 
 // CheckFailure is one block that does not hold what it must.
 type CheckFailure struct {
@@ -635,6 +641,12 @@ func (r *checkRun) noteAnswerLocked(i int, started, at time.Duration, b int64, s
 		u.FirstAnswer = at
 	}
 	u.LastAnswer = at
+	if k := int(at / TimelineStep); k < 1<<20 {
+		for len(u.Timeline) <= k {
+			u.Timeline = append(u.Timeline, 0)
+		}
+		u.Timeline[k]++
+	}
 	switch {
 	case first:
 		if r.newest >= 0 {

@@ -73,6 +73,29 @@ type Result struct {
 	FirstError string `json:"first_error,omitempty"`
 
 	Verify *VerifyResult `json:"verify,omitempty"`
+
+	// Quantiles is the latency distribution of reads and writes (for
+	// --plot): the latency at each quantile in QuantilePoints.
+	Quantiles []QuantilePoint `json:"quantiles,omitempty"`
+}
+
+// QuantilePoint is one point of a latency distribution.
+type QuantilePoint struct {
+	Q       float64       `json:"q"`
+	Latency time.Duration `json:"latency_ns"`
+}
+
+// quantileGrid is where the distribution is sampled: evenly to 0.9, then
+// ever finer into the tail.
+func quantileGrid() []float64 {
+	var qs []float64
+	for i := 0; i <= 90; i++ {
+		qs = append(qs, float64(i)/100)
+	}
+	for _, q := range []float64{0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1} {
+		qs = append(qs, q)
+	}
+	return qs
 }
 
 // liveCounters are what the progress line reads while workers run; padded
@@ -498,6 +521,11 @@ func (r *run) result(workers []*worker, elapsed time.Duration) Result {
 	res.ReadOps, res.WriteOps, res.Flushes = rd.Count(), wr.Count(), fl.Count()
 	res.Ops = res.ReadOps + res.WriteOps
 	res.Latency = all.Summary()
+	if all.Count() > 0 {
+		for _, q := range quantileGrid() {
+			res.Quantiles = append(res.Quantiles, QuantilePoint{Q: q, Latency: all.Quantile(q)})
+		}
+	}
 	if rd.Count() > 0 && wr.Count() > 0 {
 		rs, ws := rd.Summary(), wr.Summary()
 		res.ReadLatency, res.WriteLatency = &rs, &ws

@@ -29,6 +29,7 @@ type benchOpts struct {
 	ramp       time.Duration
 	seed       uint64
 	json       bool
+	plot       string
 	noProgress bool
 	progress   bool
 	verify     bool
@@ -71,12 +72,13 @@ checks them. Sizes take k/m/g/t suffixes (powers of 1024).`,
 	f.DurationVar(&o.ramp, "ramp", 0, "unmeasured warm-up before the measured time")
 	f.Uint64Var(&o.seed, "seed", 0, "random seed (0: pick one; the result reports it)")
 	f.BoolVar(&o.json, "json", false, "print the result as one JSON object")
+	f.StringVar(&o.plot, "plot", "", "draw the latency distribution into FILE.svg|png|pdf (compare runs with `twinbd bench plot`)")
 	f.BoolVar(&o.noProgress, "no-progress", false, "no progress line")
 	f.BoolVar(&o.progress, "progress", false, "progress line even when stderr is not a terminal")
 	f.BoolVar(&o.verify, "verify", false, "write self-identifying blocks, check reads, read everything back at the end")
 	f.DurationVar(&o.timeout, "timeout", 10*time.Second, "connect + handshake timeout")
 	cmd.MarkFlagsMutuallyExclusive("progress", "no-progress")
-	cmd.AddCommand(newBenchCheckCmd())
+	cmd.AddCommand(newBenchCheckCmd(), newBenchPlotCmd())
 	return cmd
 }
 
@@ -145,6 +147,11 @@ func (o *benchOpts) run(cmd *cobra.Command, cfg bench.Config) error {
 	}
 	if err != nil {
 		return err
+	}
+	if o.plot != "" {
+		if err := bench.PlotLatency([]bench.Labeled{{Label: res.Target, Result: &res}}, fmt.Sprintf("twinbd bench %s bs=%d iodepth=%d", res.Mode, res.BlockSize, res.IODepth), o.plot); err != nil {
+			return err
+		}
 	}
 	if res.Verify != nil && res.Verify.Errors > 0 {
 		return fmt.Errorf("bench: verify failed: %d errors", res.Verify.Errors)

@@ -16,6 +16,7 @@ import (
 func newBenchCheckCmd() *cobra.Command {
 	cfg := bench.CheckDefaults()
 	var asJSON bool
+	var plotFile string
 	cmd := &cobra.Command{
 		Use:   "check [flags] URL [URL...]",
 		Short: "Write through a failover and prove no acknowledged write was lost",
@@ -77,6 +78,11 @@ nothing was lost or corrupt and no old Primary answered; 1 otherwise.`,
 			if err != nil {
 				return err
 			}
+			if plotFile != "" {
+				if err := bench.PlotCheck(res, "twinbd bench check: writes answered per export", plotFile); err != nil {
+					return err
+				}
+			}
 			return res.Err()
 		},
 	}
@@ -87,6 +93,7 @@ nothing was lost or corrupt and no old Primary answered; 1 otherwise.`,
 	f.IntVar(&cfg.FlushEvery, "flush-every", 0, "FLUSH after every N answered writes of each worker (0: never)")
 	f.Uint64Var(&cfg.Seed, "seed", 0, "random seed (0: pick one; the result reports it)")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	f.StringVar(&plotFile, "plot", "", "draw the failover timeline (writes answered per second by each export, the longest stall) into FILE.svg|png|pdf")
 	f.DurationVar(&cfg.DialTimeout, "timeout", cfg.DialTimeout, "connect + handshake timeout")
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "abandon a request (and its connection) after this long (0: never)")
 	f.DurationVar(&cfg.ReadTimeout, "read-timeout", cfg.ReadTimeout, "give up the read-back after this long without progress")
