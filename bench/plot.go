@@ -17,6 +17,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"time"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -49,8 +50,8 @@ func PlotLatency(runs []Labeled, title, path string) error {
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.Y.Min, p.Y.Max = 0, 1
-	p.Legend.Top = false
-	p.Legend.Left = false
+	p.Legend.Top = true // the top left stays empty: curves start low
+	p.Legend.Left = true
 	n := 0
 	for i, r := range runs {
 		var pts plotter.XYs
@@ -71,7 +72,7 @@ func PlotLatency(runs []Labeled, title, path string) error {
 		l.Color = plotColor(i)
 		l.Width = vg.Points(1.5)
 		p.Add(l)
-		p.Legend.Add(fmt.Sprintf("%s (p50 %s, p99 %s)", r.Label, r.Result.Latency.P50, r.Result.Latency.P99), l)
+		p.Legend.Add(fmt.Sprintf("%s (p50 %s, p99 %s)", r.Label, roundDur(r.Result.Latency.P50), roundDur(r.Result.Latency.P99)), l)
 		n++
 	}
 	if n == 0 {
@@ -79,6 +80,19 @@ func PlotLatency(runs []Labeled, title, path string) error {
 	}
 	p.Add(plotter.NewGrid())
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
+}
+
+// roundDur keeps three significant figures or so.
+func roundDur(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Second:
+		return d.Round(10 * time.Millisecond)
+	case d >= time.Millisecond:
+		return d.Round(10 * time.Microsecond)
+	case d >= time.Microsecond:
+		return d.Round(100 * time.Nanosecond)
+	}
+	return d
 }
 
 // CompareGroup is one bar of PlotCompare: repeated measurements of one
@@ -136,7 +150,7 @@ func PlotCompare(groups []CompareGroup, title, unit, path string) error {
 	p.Add(whiskers)
 	p.NominalX(names...)
 	p.Add(plotter.NewGrid())
-	return p.Save(vg.Length(1.6+1.2*float64(len(groups)))*vg.Inch, 4*vg.Inch, path)
+	return p.Save(vg.Length(1.5+2.6*float64(len(groups)))*vg.Inch, 4*vg.Inch, path)
 }
 
 // PlotCheck draws a failover timeline: writes answered per second by each

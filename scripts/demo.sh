@@ -94,7 +94,7 @@ tw alpha verify r0
 echo
 echo "== failover: twinbd bench check writes self-identifying blocks through alpha,"
 echo "   following the Primary; in 2 s alpha is killed with kill -9"
-"$BIN" bench check --duration 8s --workers 8 "nbd://127.0.0.1:${NBD_PORT}/r0" "nbd://127.0.0.1:$((NBD_PORT + 1))/r0" >"$DIR/check.out" 2>&1 &
+"$BIN" bench check --duration 8s --workers 8 --plot "$DIR/failover.svg" "nbd://127.0.0.1:${NBD_PORT}/r0" "nbd://127.0.0.1:$((NBD_PORT + 1))/r0" >"$DIR/check.out" 2>&1 &
 checker=$!
 sleep 2
 t0=$(date +%s%N)
@@ -111,6 +111,7 @@ echo "== the checker (it kept writing; now it reads every block back from beta)"
 checked=0; wait "$checker" || checked=$?
 cat "$DIR/check.out"
 [ "$checked" = 0 ] || { echo "demo: the checker found a problem (exit $checked)"; exit 1; }
+echo "(the failover timeline is drawn in $DIR/failover.svg)"
 echo "== start lists run ($DIR/services.log)"
 cat "$DIR/services.log"
 
