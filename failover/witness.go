@@ -77,6 +77,11 @@ type WitnessRequest struct {
 	Disk    string `json:"disk"`     // the node's disk state
 	PeerUp  bool   `json:"peer_up"`  // connected to the peer, which is UpToDate
 	LeaseMS int64  `json:"lease_ms"` // lease length the node uses
+	// Force (with OpPromote): `primary --force`: the operator overrides
+	// the witness; the node gets the lease and stops being Outdated, and
+	// the peer is recorded Outdated (if it holds a lease, its next renew
+	// tells it to demote).
+	Force bool `json:"force,omitempty"`
 }
 
 // WitnessReply answers one request.
@@ -394,6 +399,15 @@ func (w *Witness) handle(resName string, node int, req WitnessRequest, log *slog
 		}
 	case OpPromote:
 		switch {
+		case req.Force:
+			rep.OK = true
+			r.lease = map[int]time.Time{node: now.Add(lease + WitnessMargin)}
+			rep.Primary = node
+			r.lastPrimary = node
+			delete(r.outdated, node)
+			r.outdated[req.Peer] = true
+			save = true
+			log.Warn("witness: forced promotion (primary --force): the peer is recorded Outdated", "peer", req.Peer)
 		case !known:
 			rep.Reason = "the witness restarted without a state file and has not heard from every node since: it cannot tell whether this node is Outdated"
 		case !warm:

@@ -635,3 +635,27 @@ func TestFailoverStartListFailureHandsOver(t *testing.T) {
 	require.Equal(t, RoleSecondary, p.b.Role())
 	require.Equal(t, int64(2), sa.starts.Load())
 }
+
+// primary --force on a node the witness records Outdated (disaster
+// recovery: the other node is gone for good) tells the witness, which then
+// does not demote it; the old Primary, when it comes back, is told it lost.
+func TestFailoverForcedPromotionOverridesWitness(t *testing.T) {
+	p := newFoPair(t, "", foOptions, "", true)
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	eventually(t, "witness", func() bool { return p.b.Status().Witness == "connected" })
+	time.Sleep(3 * time.Second)
+	p.net.Partition("a:1", "b:1")
+	require.NoError(t, p.a.WriteAt(bytes.Repeat([]byte{7}, 4096), 0, false))
+	eventually(t, "b Outdated", func() bool { return p.b.DiskState() == DiskOutdated })
+	p.wa.Cut() // a is gone
+	require.Error(t, p.b.Primary(false))
+	require.NoError(t, p.b.Primary(true))
+	time.Sleep(2 * p.b.leaseLen())
+	require.Equal(t, RolePrimary, p.b.Role(), "the witness demoted a forced Primary")
+	require.False(t, p.b.Status().WitnessOutdated)
+	// a comes back to the witness: it lost, demotes, and is Outdated.
+	p.wa.Heal()
+	eventually(t, "a demoted", func() bool { return p.a.Role() == RoleSecondary })
+	eventually(t, "a Outdated", func() bool { return p.a.DiskState() == DiskOutdated })
+}

@@ -587,3 +587,21 @@ func (r *Resource) runQuorumWatch(ctx context.Context) {
 		had = q
 	}
 }
+
+// forceWitness tells the witness about a forced promotion (best effort:
+// an unreachable witness does not stop `primary --force`).
+func (r *Resource) forceWitness() {
+	if r.fo.wc == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	sent := r.stamp()
+	rep, err := r.fo.wc.Call(ctx, failover.WitnessRequest{Op: failover.OpPromote, Force: true, Peer: r.peer.NodeID, LeaseMS: r.leaseLen().Milliseconds()})
+	if err != nil || !rep.OK {
+		r.log.Warn("forced promotion: the witness was not told (it may still record this node Outdated and demote it when it answers again)", "err", err)
+		return
+	}
+	r.fo.outdatedHere.Store(false)
+	r.fo.witLease.Store(sent + int64(r.leaseLen()))
+}

@@ -461,6 +461,9 @@ func (r *Resource) promote(ctx context.Context, force, auto bool) error {
 			return fmt.Errorf("%w: the peer is not connected and no witness is configured (quorum majority of 2 needs both nodes); `twinbd primary --force %s` promotes anyway if the peer is gone", ErrNoQuorum, r.res.Name)
 		}
 	}
+	if force && disconnected {
+		r.forceWitness()
+	}
 	if err := r.promoteLocked(force, auto || granted); err != nil {
 		if granted {
 			r.releaseWitness()
