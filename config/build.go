@@ -48,10 +48,11 @@ func (s *sectionDef) keyNames() string {
 type rbuilder struct {
 	r     Resource
 	where map[string]Pos // "net.tls" -> position of the value
+	warns *[]Warning     // shared by the clones: Config.Warnings
 }
 
 func (b *rbuilder) clone() *rbuilder {
-	c := &rbuilder{r: b.r, where: make(map[string]Pos, len(b.where))}
+	c := &rbuilder{r: b.r, where: make(map[string]Pos, len(b.where)), warns: b.warns}
 	for k, v := range b.where {
 		c.where[k] = v
 	}
@@ -278,7 +279,7 @@ const (
 
 // build turns the statements of a file (includes spliced in) into a Config.
 func build(stmts []*stmt) (*Config, error) {
-	tmpl := &rbuilder{where: map[string]Pos{}}
+	tmpl := &rbuilder{where: map[string]Pos{}, warns: &[]Warning{}}
 	tmpl.r.Net = defaultNet()
 	tmpl.r.Disk = defaultDisk()
 	tmpl.r.Options = defaultOptions()
@@ -302,7 +303,9 @@ func build(stmts []*stmt) (*Config, error) {
 			}
 			resources = append(resources, s)
 		case "global":
-			return nil, errorf(s.key.pos, "unknown top-level section \"global\": twinbd has no global options (remove it; expected include, common or resource)")
+			if err := ignoreSection(tmpl, s); err != nil { // fromdrbd.go
+				return nil, err
+			}
 		default:
 			return nil, errorf(s.key.pos, "unknown top-level keyword %q (expected one of: include, common, resource)", s.key.text)
 		}
@@ -333,6 +336,7 @@ func build(stmts []*stmt) (*Config, error) {
 		}
 		cfg.Resources = append(cfg.Resources, r)
 	}
+	cfg.Warnings = *tmpl.warns
 	return cfg, nil
 }
 
@@ -340,6 +344,12 @@ func build(stmts []*stmt) (*Config, error) {
 func applySections(b *rbuilder, s *stmt, what string) error {
 	seen := map[string]Pos{}
 	for _, st := range s.block {
+		if st.key.text == "startup" { // DRBD's; fromdrbd.go
+			if err := ignoreSection(b, st); err != nil {
+				return err
+			}
+			continue
+		}
 		sec := sectionByName(st.key.text)
 		if sec == nil {
 			return errorf(st.key.pos, "unknown section %q in %s (expected one of: net, disk, handlers, options)", st.key.text, what)
@@ -362,6 +372,9 @@ func applySection(b *rbuilder, sec *sectionDef, st *stmt, seen map[string]Pos) e
 	keys := map[string]Pos{}
 	for _, kv := range st.block {
 		k := sec.lookup(kv.key.text)
+		if k == nil && !kv.hasBlock && drbdOnlyKey(b, sec.name, kv) {
+			continue // fromdrbd.go
+		}
 		if k == nil {
 			return errorf(kv.key.pos, "unknown key %q in %s section (expected one of: %s)", kv.key.text, sec.name, sec.keyNames())
 		}
@@ -377,6 +390,7 @@ func applySection(b *rbuilder, sec *sectionDef, st *stmt, seen map[string]Pos) e
 			return err
 		}
 		b.where[sec.name+"."+k.name] = v.pos
+		noEffectKey(b, sec.name, k.name, kv.key.pos)
 	}
 	return nil
 }
@@ -390,8 +404,12 @@ func buildResource(b *rbuilder, s *stmt) (*Resource, error) {
 	secSeen := map[string]Pos{}
 	keys := map[string]Pos{}
 	hostsAt := map[string]Pos{}
+	dflt, err := resourceDefaults(b, s) // drbd.conf's resource-level disk, volume, connection...: fromdrbd.go
+	if err != nil {
+		return nil, err
+	}
 	for _, st := range s.block {
-		if sec := sectionByName(st.key.text); sec != nil {
+		if sec := sectionByName(st.key.text); sec != nil && (st.hasBlock || sec != diskSection) {
 			if err := applySection(b, sec, st, secSeen); err != nil {
 				return nil, err
 			}
@@ -413,7 +431,11 @@ func buildResource(b *rbuilder, s *stmt) (*Resource, error) {
 			if len(b.r.Hosts) == 2 {
 				return nil, errorf(st.key.pos, "third \"on\" section (%s): twinbd supports two nodes per resource", hn.text)
 			}
-			h, err := buildHost(st)
+			hs, err := dflt.hostStmt(b, st, b.r.Name)
+			if err != nil {
+				return nil, err
+			}
+			h, err := buildHost(hs)
 			if err != nil {
 				return nil, err
 			}
@@ -464,6 +486,8 @@ func buildResource(b *rbuilder, s *stmt) (*Resource, error) {
 				return nil, err
 			}
 			b.r.NBD = *n
+		case "disk", "meta-disk", "device", "volume", "connection", "connection-mesh", "startup":
+			// read by resourceDefaults
 		case "include":
 			return nil, errorf(st.key.pos, "include is only allowed at top level, not inside resource %s", b.r.Name)
 		default:

@@ -11,6 +11,10 @@ import (
 // Config is a parsed, validated resource file with its includes.
 type Config struct {
 	Resources []*Resource // in file order (includes spliced in where they stand)
+	// Warnings name the DRBD-only keys the file sets that twinbd ignores, and
+	// keys twinbd accepts but does not act on (see fromdrbd.go), in the order
+	// they were read. They do not make Parse fail.
+	Warnings []Warning
 }
 
 // Resource is one replicated resource: common settings already merged in, defaults

@@ -46,7 +46,16 @@
 // mandatory and must chain to it; only with tls required) and allow IP|CIDR,
 // repeatable, the client addresses served (none: everyone). See docs/security.md.
 //
-// Nothing is silently ignored: an unknown section or key, a duplicate key, a value
+// A DRBD resource file loads too (fromdrbd.go, docs/from-drbd.md): resource-level
+// disk, meta-disk and device are defaults for the on sections; one volume N { }
+// (at resource level or in an on section) holds device, disk and meta-disk; a
+// connection { host NAME address IP:PORT; } gives the on sections' addresses.
+// drbd.conf's keys that have no effect in twinbd (the global and startup
+// sections, connection-mesh, /dev/drbdN devices, net keys such as rr-conflict
+// and allow-two-primaries, ...) and the keys twinbd parses without acting on
+// them (c-plan-ahead, unfence-peer, ...) are Config.Warnings with FILE:LINE:COL.
+//
+// Nothing else is silently ignored: an unknown section or key, a duplicate key, a value
 // out of range, a missing required key in an on section, or a third on section is an
 // *Error carrying FILE:LINE:COL and a message that says what was found and what was
 // expected. Every resource comes back with defaults filled in; Format prints it back

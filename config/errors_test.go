@@ -41,7 +41,7 @@ func TestErrors(t *testing.T) {
 		{"too deep", strings.Repeat("a {", 20), `sections nested too deeply`},
 		// top level
 		{"unknown top level", "resourse r0 {}", `e.res:1:1: unknown top-level keyword "resourse" (expected one of: include, common, resource)`},
-		{"global", "global { usage-count no; }", `e.res:1:1: unknown top-level section "global"`},
+		{"global", "global { usage-count no; frobnicate no; }", `e.res:1:26: unknown key "frobnicate" in global section (twinbd has no global section`},
 		{"resource without name", "resource { }", `e.res:1:10: expected a name after "resource", found "{"`},
 		{"resource two names", "resource r0 r1 { }", `e.res:1:13: expected "{" after "resource r0", found "r1"`},
 		{"resource no block", "resource r0;", `e.res:1:12: expected "{" after "resource r0", found ";"`},
@@ -57,7 +57,7 @@ func TestErrors(t *testing.T) {
 		{"include inside resource", "resource r0 { include \"x\"; }", `e.res:1:15: include is only allowed at top level, not inside resource r0`},
 		// sections and keys
 		{"unknown key", res("net { protocl C; }"), `e.res:2:7: unknown key "protocl" in net section (expected one of: protocol, shared-secret, cram-hmac-alg, fencing, after-sb-0pri, `},
-		{"unknown resource key", res("volume 0 { }"), `e.res:2:1: unknown key "volume" in resource r0 (expected one of: net, disk, handlers, options, promoter, nbd, on, witness, export)`},
+		{"unknown resource key", res("floating 10.0.0.1:7788;"), `e.res:2:1: unknown key "floating" in resource r0 (expected one of: net, disk, handlers, options, promoter, nbd, on, witness, export)`},
 		{"duplicate key", res("net { protocol C;\nprotocol A; }"), `e.res:3:1: duplicate key "protocol" in net section (first at e.res:2:7)`},
 		{"duplicate section", res("net { }\nnet { }"), `e.res:3:1: duplicate net section (first at e.res:2:1)`},
 		{"section as key", res("net C;"), `e.res:2:5: expected "{" after "net", found "C"`},
@@ -90,7 +90,7 @@ func TestErrors(t *testing.T) {
 		{"bad on-io-error", res("disk { on-io-error panic; }"), `invalid on-io-error "panic" (expected detach, pass_on or call-local-io-error)`},
 		{"bad quorum", res("options { quorum 2; }"), `invalid quorum "2" (expected off or majority)`},
 		{"unknown handler", res("handlers { fence \"x\"; }"), `unknown key "fence" in handlers section (expected one of: fence-peer, `},
-		{"unknown options key", res("options { auto-promote yes; }"), `unknown key "auto-promote" in options section`},
+		{"unknown options key", res("options { auto-promot yes; }"), `unknown key "auto-promot" in options section`},
 		{"bad witness", res("witness 10.0.0.3;"), `e.res:2:9: invalid witness "10.0.0.3" (expected IP:PORT or [IPv6]:PORT)`},
 		{"duplicate witness", res("witness h:1;\nwitness h:2;"), `e.res:3:1: duplicate key "witness" in resource r0 (first at e.res:2:1)`},
 		{"bad export port", res("export h:http;"), `e.res:2:8: invalid port "http" in export "h:http" (expected a number between 1 and 65535)`},
@@ -118,7 +118,7 @@ func TestErrors(t *testing.T) {
 		{"v6 without brackets", "resource r0 { on a { node-id 0; address fd00::1:7788; disk /d; meta-disk internal; } }", `invalid address "fd00::1:7788"`},
 		{"address family bogus", "resource r0 { on a { node-id 0; address sdp 1.1.1.1:1; disk /d; meta-disk internal; } }", `expected ";" after value of "address", found "1.1.1.1:1"`},
 		{"bad meta-disk", "resource r0 { on a { node-id 0; address h:1; disk /d; meta-disk flexible; } }", `invalid meta-disk "flexible" (expected internal or an absolute path)`},
-		{"bad device", "resource r0 { on a { node-id 0; address h:1; disk /d; meta-disk internal; device /dev/drbd0; } }", `invalid device "/dev/drbd0" (expected /dev/nbdN)`},
+		{"bad device", "resource r0 { on a { node-id 0; address h:1; disk /d; meta-disk internal; device /dev/sda; } }", `invalid device "/dev/sda" (expected /dev/nbdN)`},
 		{"empty disk", "resource r0 { on a { node-id 0; address h:1; disk \"\"; meta-disk internal; } }", `empty disk`},
 		{"bad host name", "resource r0 { on \"a b\" { } }", `invalid host name "a b"`},
 	} {

@@ -70,9 +70,11 @@ func New(opts Options) *Daemon {
 // Run serves the control socket until ctx is done, then brings every
 // resource down (demoting, draining, flushing) and removes the socket.
 func (d *Daemon) Run(ctx context.Context) error {
-	if _, err := config.Load(d.opts.ConfigPath); err != nil {
+	cfg, err := config.Load(d.opts.ConfigPath)
+	if err != nil {
 		return err
 	}
+	d.logWarnings(cfg)
 	ln, sock, err := d.listen(ctx)
 	if err != nil {
 		return err
@@ -345,6 +347,14 @@ func codeFor(err error) int {
 	return CodeFailed
 }
 
+// logWarnings logs the resource file's warnings (DRBD-only keys that are
+// ignored, keys accepted without effect).
+func (d *Daemon) logWarnings(cfg *config.Config) {
+	for _, w := range cfg.Warnings {
+		d.log.Warn("resource file", "warning", w.String())
+	}
+}
+
 // up re-reads the resource file and brings up name (or every resource with
 // an `on NODE` block, for "all"). Already-up resources are left alone.
 func (d *Daemon) up(name string) Response {
@@ -352,6 +362,7 @@ func (d *Daemon) up(name string) Response {
 	if err != nil {
 		return Response{Code: CodeFailed, Error: err.Error()}
 	}
+	d.logWarnings(cfg)
 	var targets []*config.Resource
 	if name == "all" {
 		for _, r := range cfg.Resources {

@@ -22,6 +22,7 @@ func newCreateMDCmd(g *globalOpts) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			printWarnings(cmd.ErrOrStderr(), cfg)
 			res, err := cfg.Resource(args[0])
 			if err != nil {
 				return err
@@ -59,6 +60,7 @@ func newDumpCmd(g *globalOpts) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			printWarnings(cmd.ErrOrStderr(), cfg)
 			name := "all"
 			if len(args) == 1 {
 				name = args[0]
