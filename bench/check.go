@@ -390,6 +390,15 @@ type checkRun struct {
 	late       int64
 	end        time.Duration // the write phase ended; -1 while it runs
 	fatal      error
+	// epochSeen says which exports answered since the last NewEpoch (a
+	// first answer in an epoch is a switch of Primary); RunCheck never
+	// starts a new epoch, so there it means "answered at all".
+	epochSeen []bool
+
+	// gate: workers hold it shared around each write (and its flush), so
+	// Checker.Pause (exclusive) waits for the writes in flight and holds
+	// new ones back.
+	gate sync.RWMutex
 }
 
 // RunCheck writes for cfg.Duration (or until ctx is done), then reads every
@@ -400,47 +409,14 @@ type checkRun struct {
 // read-back, the read-back stops (CheckResult.ReadError). It is skipped
 // when no write was answered.
 func RunCheck(ctx context.Context, cfg CheckConfig) (*CheckResult, error) {
-	d := CheckDefaults()
-	if cfg.DialTimeout <= 0 {
-		cfg.DialTimeout = d.DialTimeout
+	cfg, err := checkConfig(cfg)
+	if err != nil {
+		return nil, err
 	}
-	if cfg.ReadTimeout <= 0 {
-		cfg.ReadTimeout = d.ReadTimeout
+	r, err := newCheckRun(cfg)
+	if err != nil {
+		return nil, err
 	}
-	if cfg.RetryPause <= 0 {
-		cfg.RetryPause = d.RetryPause
-	}
-	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%w: "+format, append([]any{ErrConfig}, a...)...)
-	}
-	switch {
-	case len(cfg.URLs) == 0:
-		return nil, bad("no export URL")
-	case cfg.Duration <= 0:
-		return nil, bad("--duration must be positive")
-	case cfg.Workers <= 0 || cfg.Workers > 4096:
-		return nil, bad("--workers %d (want 1..4096)", cfg.Workers)
-	case cfg.Blocks < int64(cfg.Workers) || cfg.Blocks > checkMaxBlocks:
-		return nil, bad("--blocks %d (want --workers (%d) .. %d)", cfg.Blocks, cfg.Workers, checkMaxBlocks)
-	case cfg.FlushEvery < 0:
-		return nil, bad("--flush-every %d", cfg.FlushEvery)
-	case cfg.RequestTimeout < 0:
-		return nil, bad("negative request timeout")
-	}
-	r := &checkRun{cfg: cfg, lastURL: -1, gapFrom: -1, gapTo: -1, newest: -1, end: -1}
-	for _, u := range cfg.URLs {
-		network, addr, export, err := ParseTarget(u)
-		if err != nil {
-			return nil, err
-		}
-		r.targets = append(r.targets, checkTarget{url: u, network: network, addr: addr, export: export})
-		r.urls = append(r.urls, CheckURLStats{URL: u})
-	}
-	if r.cfg.Seed == 0 {
-		r.cfg.Seed = rand.Uint64() | 1
-	}
-	r.recs = make([]checkRec, cfg.Blocks)
-
 	r.start = time.Now()
 	r.firstSeq = max(uint64(r.start.UnixNano()), 1)
 	r.seq.Store(r.firstSeq - 1)
@@ -475,9 +451,60 @@ func RunCheck(ctx context.Context, cfg CheckConfig) (*CheckResult, error) {
 			// ctx ended the write phase; the check still runs.
 			ctx = context.WithoutCancel(ctx)
 		}
-		r.readBack(ctx, res)
+		r.readBack(ctx, res, max(r.lastURL, 0))
 	}
 	return res, nil
+}
+
+// checkConfig fills in defaults and validates cfg.
+func checkConfig(cfg CheckConfig) (CheckConfig, error) {
+	d := CheckDefaults()
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = d.DialTimeout
+	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = d.ReadTimeout
+	}
+	if cfg.RetryPause <= 0 {
+		cfg.RetryPause = d.RetryPause
+	}
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrConfig}, a...)...)
+	}
+	switch {
+	case len(cfg.URLs) == 0:
+		return cfg, bad("no export URL")
+	case cfg.Duration <= 0:
+		return cfg, bad("--duration must be positive")
+	case cfg.Workers <= 0 || cfg.Workers > 4096:
+		return cfg, bad("--workers %d (want 1..4096)", cfg.Workers)
+	case cfg.Blocks < int64(cfg.Workers) || cfg.Blocks > checkMaxBlocks:
+		return cfg, bad("--blocks %d (want --workers (%d) .. %d)", cfg.Blocks, cfg.Workers, checkMaxBlocks)
+	case cfg.FlushEvery < 0:
+		return cfg, bad("--flush-every %d", cfg.FlushEvery)
+	case cfg.RequestTimeout < 0:
+		return cfg, bad("negative request timeout")
+	}
+	return cfg, nil
+}
+
+// newCheckRun parses the targets of a checked cfg.
+func newCheckRun(cfg CheckConfig) (*checkRun, error) {
+	r := &checkRun{cfg: cfg, lastURL: -1, gapFrom: -1, gapTo: -1, newest: -1, end: -1}
+	for _, u := range cfg.URLs {
+		network, addr, export, err := ParseTarget(u)
+		if err != nil {
+			return nil, err
+		}
+		r.targets = append(r.targets, checkTarget{url: u, network: network, addr: addr, export: export})
+		r.urls = append(r.urls, CheckURLStats{URL: u})
+	}
+	r.epochSeen = make([]bool, len(r.targets))
+	if r.cfg.Seed == 0 {
+		r.cfg.Seed = rand.Uint64() | 1
+	}
+	r.recs = make([]checkRec, cfg.Blocks)
+	return r, nil
 }
 
 // dial connects to target i and checks the export can hold the working set.
@@ -558,6 +585,11 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 			r.urls[url].Dials++
 			r.mu.Unlock()
 		}
+		r.gate.RLock()
+		if ctx.Err() != nil {
+			r.gate.RUnlock()
+			break
+		}
 		b := rng.Int64N(owned)*workers + int64(w)
 		off := b * CheckBlockSize
 		seq := r.seq.Add(1)
@@ -569,6 +601,7 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 		cl := c
 		if err := r.guard(ctx, cl, func() error { _, err := cl.WriteAt(buf, off); return err }); err != nil {
 			r.failed.Add(1)
+			r.gate.RUnlock()
 			next(fmt.Errorf("write: %w", err))
 			continue
 		}
@@ -578,11 +611,13 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 		if cfg.FlushEvery > 0 && writes%cfg.FlushEvery == 0 {
 			err := r.guard(ctx, cl, cl.Flush)
 			if errors.Is(err, nbd.ErrUnsupported) {
+				r.gate.RUnlock()
 				r.setFatal(fmt.Errorf("%w: --flush-every: %s does not support FLUSH", ErrConfig, r.targets[url].url))
 				cancel()
 				return
 			}
 			if err != nil {
+				r.gate.RUnlock()
 				next(fmt.Errorf("flush: %w", err))
 				continue
 			}
@@ -591,6 +626,7 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 			r.urls[url].Flushes++
 			r.mu.Unlock()
 		}
+		r.gate.RUnlock()
 	}
 }
 
@@ -647,8 +683,13 @@ func (r *checkRun) noteAnswerLocked(i int, started, at time.Duration, b int64, s
 		}
 		u.Timeline[k]++
 	}
+	for len(r.epochSeen) <= i {
+		r.epochSeen = append(r.epochSeen, false)
+	}
+	seen := r.epochSeen[i]
+	r.epochSeen[i] = true
 	switch {
-	case first:
+	case !seen && i != r.newest:
 		if r.newest >= 0 {
 			r.switches++
 		}
@@ -708,10 +749,9 @@ func (r *checkRun) result() *CheckResult {
 	}
 }
 
-// readBack reads every block from the export that answered last (the
-// others in turn when it fails) and checks it.
-func (r *checkRun) readBack(ctx context.Context, res *CheckResult) {
-	url := max(r.lastURL, 0)
+// readBack reads every block from export url (the one that answered
+// last; the others in turn when it fails) and checks it.
+func (r *checkRun) readBack(ctx context.Context, res *CheckResult, url int) {
 	buf := make([]byte, checkReadChunk*CheckBlockSize)
 	var c *nbd.Client
 	defer func() {
@@ -825,4 +865,103 @@ func (r *checkRun) checkBlock(res *CheckResult, b int64, data []byte) {
 	if len(res.Failures) < checkMaxFailures {
 		res.Failures = append(res.Failures, f)
 	}
+}
+
+// Checker is a check that writes until Stop and can be checked at any
+// point in between (the chaos harness, `twinbd chaos`): Pause waits for
+// the writes in flight and holds new ones back, Verify reads every block
+// back and checks it against everything answered since the start, Resume
+// lets the writers go on. Its bookkeeping spans the whole run, so a write
+// answered early and lost later is still found.
+type Checker struct {
+	r      *checkRun
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	paused bool
+}
+
+// StartChecker starts cfg's writers (cfg.Duration is ignored: they run
+// until Stop).
+func StartChecker(ctx context.Context, cfg CheckConfig) (*Checker, error) {
+	cfg.Duration = time.Hour // validated, not used
+	cfg, err := checkConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	r, err := newCheckRun(cfg)
+	if err != nil {
+		return nil, err
+	}
+	r.start = time.Now()
+	r.firstSeq = max(uint64(r.start.UnixNano()), 1)
+	r.seq.Store(r.firstSeq - 1)
+	wctx, cancel := context.WithCancel(ctx)
+	k := &Checker{r: r, cancel: cancel}
+	for w := range cfg.Workers {
+		k.wg.Go(func() { r.worker(wctx, cancel, w) })
+	}
+	return k, nil
+}
+
+// Start is when the writers started (the origin of the result's times).
+func (k *Checker) Start() time.Time { return k.r.start }
+
+// Pause returns once no write is in flight; no new one starts until
+// Resume. A write to an export that does not answer holds it up to
+// RequestTimeout.
+func (k *Checker) Pause() {
+	if !k.paused {
+		k.r.gate.Lock()
+		k.paused = true
+	}
+}
+
+// Resume lets the writers go on after Pause.
+func (k *Checker) Resume() {
+	if k.paused {
+		k.paused = false
+		k.r.gate.Unlock()
+	}
+}
+
+// NewEpoch (while paused) forgets which exports answered so far: the next
+// export to answer first is a new Primary, even one that answered in an
+// earlier epoch (a failover back). Answers from another export to writes
+// issued after that still count as two writers.
+func (k *Checker) NewEpoch() {
+	k.r.mu.Lock()
+	clear(k.r.epochSeen)
+	k.r.mu.Unlock()
+}
+
+// Verify (while paused) reads every block back, starting with export
+// prefer (an index into cfg.URLs; -1: the one that answered last), and
+// checks it. The result's counters are since the start.
+func (k *Checker) Verify(ctx context.Context, prefer int) (*CheckResult, error) {
+	r := k.r
+	r.mu.Lock()
+	fatal := r.fatal
+	r.mu.Unlock()
+	if fatal != nil {
+		return nil, fatal
+	}
+	res := r.result()
+	res.Duration = time.Since(r.start)
+	if res.Answered == 0 {
+		return res, nil
+	}
+	if prefer < 0 || prefer >= len(r.targets) {
+		r.mu.Lock()
+		prefer = max(r.lastURL, 0)
+		r.mu.Unlock()
+	}
+	r.readBack(ctx, res, prefer)
+	return res, nil
+}
+
+// Stop ends the writers (the ones in flight fail or finish).
+func (k *Checker) Stop() {
+	k.Resume()
+	k.cancel()
+	k.wg.Wait()
 }
