@@ -390,7 +390,7 @@ func applySection(b *rbuilder, sec *sectionDef, st *stmt, seen map[string]Pos) e
 			return err
 		}
 		b.where[sec.name+"."+k.name] = v.pos
-		noEffectKey(b, sec.name, k.name, kv.key.pos)
+		noEffectKey(b, sec.name, k, v, kv.key.pos)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -136,11 +137,22 @@ func drbdOnlyKey(b *rbuilder, section string, kv *stmt) bool {
 	return true
 }
 
-// noEffectKey warns that key, just set in section, does nothing in twinbd.
-func noEffectKey(b *rbuilder, section, key string, p Pos) {
-	if why, ok := noEffect[section+"."+key]; ok {
-		b.warnf(p, "%s { %s } is accepted but has no effect (%s)", section, key, why)
+// noEffectKey warns that key, just set in section to v, does nothing in
+// twinbd, unless v is twinbd's default: Format prints every default, and
+// twinbd's own canonical file must load without warnings.
+func noEffectKey(b *rbuilder, section string, k *keyDef, v token, p Pos) {
+	why, ok := noEffect[section+"."+k.name]
+	if !ok {
+		return
 	}
+	def := func() *rbuilder {
+		return &rbuilder{r: Resource{Net: defaultNet(), Disk: defaultDisk(), Options: defaultOptions()}, where: map[string]Pos{}}
+	}
+	set := def()
+	if err := k.set(set, v); err == nil && reflect.DeepEqual(set.r, def().r) {
+		return
+	}
+	b.warnf(p, "%s { %s } is accepted but has no effect (%s)", section, k.name, why)
 }
 
 // ignoreSection reads a section twinbd does not have (global, startup): each
