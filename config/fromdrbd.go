@@ -117,7 +117,6 @@ var noEffect = map[string]string{
 	"disk.on-no-data-accessible":   "twinbd does not act on it yet",
 	"net.csums-after-crash-only":   "twinbd uses checksums after a Primary crash anyway, and for every resync when csums-alg is set",
 	"net.verify-alg":               "online verify always compares xxhash64 digests",
-	"handlers.unfence-peer":        "twinbd never runs it: once the peer is UpToDate again, undo what fence-peer did by hand, e.g. run crm-unfence-peer.9.sh",
 	"handlers.local-io-error":      "twinbd never runs this handler",
 	"handlers.pri-lost":            "twinbd never runs this handler",
 	"handlers.pri-lost-after-sb":   "twinbd never runs this handler; a split brain whose victim is Primary goes StandAlone",

@@ -44,7 +44,6 @@ func TestFromDRBDTypical(t *testing.T) {
 	want := []string{
 		"r0.res:1:10: warning: global { usage-count } is DRBD-only and ignored (",
 		"r0.res:1:26: warning: global { udev-always-use-vnr } is DRBD-only and ignored (",
-		"r0.res:3:62: warning: handlers { unfence-peer } is accepted but has no effect (twinbd never runs it",
 		"r0.res:4:13: warning: startup { wfc-timeout } is DRBD-only and ignored (twinbd's wait-connect --timeout does this)",
 		"r0.res:4:29: warning: startup { degr-wfc-timeout } is DRBD-only and ignored (twinbd's wait-connect --timeout does this)",
 		"r0.res:5:124: warning: net { rr-conflict } is DRBD-only and ignored (",

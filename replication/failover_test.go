@@ -435,7 +435,7 @@ func TestFailoverWitnessOutageAndFlappingLink(t *testing.T) {
 // keeps them frozen until resume-io. The Secondary promotes itself once
 // its own fence-peer (STONITH, exit 7) succeeded.
 func TestFailoverFencePeerHandler(t *testing.T) {
-	p := newFoPair(t, "fencing resource-and-stonith;", "auto-failover yes;", `fence-peer "fake";`, false)
+	p := newFoPair(t, "fencing resource-and-stonith;", "auto-failover yes;", `fence-peer "fake"; unfence-peer "fake-un";`, false)
 	var code atomic.Int64
 	code.Store(1)
 	p.fence["a"] = func() int { return int(code.Load()) }
@@ -460,6 +460,7 @@ func TestFailoverFencePeerHandler(t *testing.T) {
 	// Heal; then the next cut with a handler that succeeds (4: outdated).
 	p.net.Heal("a:1", "b:1")
 	p.waitSynced(p.a)
+	require.False(t, p.called("a", "unfence-peer"), "unfence-peer ran though fence-peer had failed")
 	code.Store(4)
 	p.net.Partition("a:1", "b:1")
 	require.NoError(t, p.a.WriteAt(bytes.Repeat([]byte{2}, 4096), 4096, false))
@@ -470,6 +471,8 @@ func TestFailoverFencePeerHandler(t *testing.T) {
 	p.fmu.Unlock()
 	p.net.Heal("a:1", "b:1")
 	p.waitSynced(p.a)
+	// The fenced peer is UpToDate again: unfence-peer runs (DRBD).
+	eventually(t, "unfence-peer", func() bool { return p.called("a", "unfence-peer") })
 	require.NoError(t, p.a.WriteAt(bytes.Repeat([]byte{3}, 4096), 8192, false))
 	p.net.Partition("a:1", "b:1")
 	eventually(t, "b promoted", func() bool { return p.b.Role() == RolePrimary })

@@ -86,6 +86,9 @@ type foState struct {
 	// Set by the handshake: the peer stopped as Primary without demoting
 	// and is back as Secondary.
 	peerCrashed atomic.Bool
+	// needUnfence: fence-peer fenced the peer; unfence-peer runs once the
+	// peer is UpToDate again.
+	needUnfence atomic.Bool
 	// startFailedAt: when this node's start list last failed (0: never);
 	// a handover from the peer within handoverQuiet is declined, so two
 	// nodes whose services both fail do not hand the role back and forth.
@@ -253,6 +256,7 @@ func (r *Resource) fencePeer(witnessDone, handlerDone bool) {
 		switch {
 		case err == nil && out.PeerFenced():
 			r.log.Warn("fence-peer: peer fenced", "outcome", out.String())
+			r.fo.needUnfence.Store(true)
 		case err == nil && out == failover.FencePeerPrimary:
 			r.lostPrimary("fence-peer says the peer is Primary")
 			return

@@ -653,8 +653,14 @@ func (s *session) readMeta() {
 		case *StateMsg:
 			r.mu.Lock()
 			r.link.peerRole = Role(m.Role)
+			was := r.link.peerDisk
 			r.link.peerDisk = DiskState(m.Disk)
 			r.mu.Unlock()
+			if was != DiskUpToDate && DiskState(m.Disk) == DiskUpToDate && r.fo.needUnfence.CompareAndSwap(true, false) {
+				// DRBD's unfence-peer: the fenced peer caught up, so a
+				// constraint fence-peer placed (crm-fence-peer) can go.
+				r.runHandler("unfence-peer", r.res.Handlers.UnfencePeer)
+			}
 			r.pokeWitness()
 			if m.Flags&StateHandover != 0 && Role(m.Role) == RoleSecondary {
 				r.handover()
