@@ -36,6 +36,7 @@ func newRootCmd() *cobra.Command {
 	pf.StringVar(&g.runDir, "run-dir", envOr("TWINBD_RUN_DIR", "/run/twinbd"), "directory of the per-node control sockets ($TWINBD_RUN_DIR)")
 	root.AddCommand(newDaemonCmd(g), newCreateMDCmd(g), newDumpCmd(g), newBenchCmd(), newWitnessCmd(g), newEventsCmd(g), newGenManCmd())
 	root.AddCommand(newVerbCmds(g)...)
+	root.AddCommand(newChaosCmd())
 	return root
 }
 
