@@ -55,6 +55,11 @@ bench: deps build
 demo: build
 	scripts/demo.sh
 
+# Randomized fault injection for 20 minutes (docs/chaos.md); SOAK_ARGS adds flags, e.g. --seed N.
+.PHONY: soak
+soak: build
+	$(BIN) chaos --duration 20m $(SOAK_ARGS)
+
 # The kernel nbd-client in a qemu VM against a real pair (e2e/README.md); every scenario.
 .PHONY: e2e
 e2e: deps

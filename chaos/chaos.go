@@ -72,7 +72,8 @@ type FaultResult struct {
 	Start   time.Duration `json:"start_ns"`
 	Settle  time.Duration `json:"settle_ns"`
 	Primary string        `json:"primary_after"`
-	// Answered and Lost are the check's totals at this point.
+	// Answered is the check's total at this point; Lost the most lost
+	// writes a check of this fault found.
 	Answered int64    `json:"writes_answered"`
 	Lost     int64    `json:"lost"`
 	Notes    []string `json:"notes,omitempty"`
@@ -582,6 +583,7 @@ func (r *runner) midCheck(ctx context.Context, fr *FaultResult, survivor string)
 		out = append(out, "right after failover to "+survivor+": "+p)
 	}
 	r.oldPrim = res.OldPrimaryAnswers
+	fr.Lost = res.Lost
 	fr.Notes = append(fr.Notes, fmt.Sprintf("checked on %s right after the failover: %d lost", survivor, res.Lost))
 	return out
 }
@@ -620,7 +622,7 @@ func (r *runner) check(ctx context.Context, fr *FaultResult) []string {
 	if err != nil {
 		return append(problems, "check: "+err.Error())
 	}
-	fr.Answered, fr.Lost = res.Answered, res.Lost
+	fr.Answered, fr.Lost = res.Answered, max(fr.Lost, res.Lost)
 	problems = append(problems, checkProblems(res, r.oldPrim)...)
 	r.oldPrim = res.OldPrimaryAnswers
 	for _, cr := range c.takeCrashes() {

@@ -1,0 +1,201 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// twinbdBin is built once for the process tests.
+var twinbdBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "twinbd-chaos-bin")
+	if err != nil {
+		panic(err)
+	}
+	twinbdBin = os.Getenv("TWINBD_BIN")
+	code := 0
+	if twinbdBin == "" {
+		twinbdBin = filepath.Join(dir, "twinbd")
+		if out, err := exec.Command("go", "build", "-o", twinbdBin, "../cmd/twinbd").CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build twinbd: %v\n%s", err, out)
+			os.Exit(1)
+		}
+	}
+	code = m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func TestScheduleSameSeedSameSchedule(t *testing.T) {
+	a := Schedule(42, 50, nil)
+	require.Equal(t, a, Schedule(42, 50, nil))
+	require.Equal(t, a[:10], Schedule(42, 10, nil), "a shorter run is a prefix")
+	require.NotEqual(t, a, Schedule(43, 50, nil))
+	kinds := map[string]bool{}
+	for i, f := range a {
+		require.Equal(t, i+1, f.N)
+		require.Contains(t, AllKinds, f.Kind)
+		require.Positive(t, f.Load)
+		require.NotEmpty(t, f.Target, f.String())
+		kinds[f.Kind] = true
+	}
+	require.Len(t, kinds, len(AllKinds), "50 faults draw every kind")
+	for _, f := range Schedule(7, 20, []string{KillNode, Switchover}) {
+		require.Contains(t, []string{KillNode, Switchover}, f.Kind)
+	}
+	_, err := ParseKinds("kill-node,nope")
+	require.Error(t, err)
+	k, err := ParseKinds("kill-node, loss")
+	require.NoError(t, err)
+	require.Equal(t, []string{KillNode, LossLink}, k)
+}
+
+// echoServer answers every byte it reads.
+func echoServer(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// roundTrip sends msg and reads the echo, within timeout.
+func roundTrip(c net.Conn, msg string, timeout time.Duration) (string, error) {
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return "", err
+	}
+	b := make([]byte, len(msg))
+	_, err := io.ReadFull(c, b)
+	return string(b), err
+}
+
+func TestProxyPartitionHealDelayLoss(t *testing.T) {
+	p, err := NewProxy("test", echoServer(t), 1)
+	require.NoError(t, err)
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	require.NoError(t, err)
+	defer c.Close()
+	got, err := roundTrip(c, "hello", time.Second)
+	require.NoError(t, err)
+	require.Equal(t, "hello", got)
+
+	// One direction blocked: nothing comes back; healed, the held bytes flow.
+	for _, d := range []Direction{Up, Down} {
+		p.Block(d)
+		_, err = roundTrip(c, "held", 200*time.Millisecond)
+		require.Error(t, err, "%s blocked", d)
+		p.Heal()
+		c.SetDeadline(time.Now().Add(time.Second))
+		b := make([]byte, 4)
+		_, err = io.ReadFull(c, b)
+		require.NoError(t, err, "held bytes flow after Heal (%s)", d)
+		require.Equal(t, "held", string(b))
+	}
+
+	// Delay: each chunk is held for the delay, each way.
+	p.Delay(Both, 100*time.Millisecond)
+	t0 := time.Now()
+	_, err = roundTrip(c, "slow", 2*time.Second)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, time.Since(t0), 200*time.Millisecond)
+	p.Heal()
+	t0 = time.Now()
+	_, err = roundTrip(c, "fast", time.Second)
+	require.NoError(t, err)
+	require.Less(t, time.Since(t0), 100*time.Millisecond)
+
+	// Cut: the connection breaks, new ones are refused until Heal.
+	p.Cut()
+	_, err = roundTrip(c, "gone", time.Second)
+	require.Error(t, err)
+	c2, err := net.Dial("tcp", p.Addr())
+	if err == nil {
+		_, err = roundTrip(c2, "refused", time.Second)
+		c2.Close()
+	}
+	require.Error(t, err)
+	p.Heal()
+	c3, err := net.Dial("tcp", p.Addr())
+	require.NoError(t, err)
+	defer c3.Close()
+	got, err = roundTrip(c3, "back", time.Second)
+	require.NoError(t, err)
+	require.Equal(t, "back", got)
+
+	// Loss 1: the first chunk drops the connection.
+	p.Loss(Up, 1)
+	_, err = roundTrip(c3, "lost", time.Second)
+	require.Error(t, err)
+	require.Positive(t, p.Stats().Dropped)
+	p.Heal()
+}
+
+func skipShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts daemons and injects faults for about a minute")
+	}
+}
+
+// A short seeded run over every kind of fault must pass: twinbd keeps
+// every acknowledged write through each of them.
+func TestChaosShortRun(t *testing.T) {
+	skipShort(t)
+	var out bytes.Buffer
+	rep, err := Run(context.Background(), Config{Binary: twinbdBin, Seed: 20260101, Faults: 7, Out: &out,
+		Kinds: []string{KillNode, KillWitness, StopNode, PartitionPeer, PartitionWitness, DelayLink, LossLink, Switchover, StallKill}})
+	t.Log("\n" + out.String())
+	require.NoError(t, err)
+	require.True(t, rep.OK())
+	require.Len(t, rep.Faults, 7)
+	require.NotNil(t, rep.Final)
+	require.Positive(t, rep.Final.Answered)
+	require.Zero(t, rep.Final.Lost)
+	require.False(t, rep.Kept, "a passing run in a temporary directory is removed")
+	_, statErr := os.Stat(rep.Dir)
+	require.True(t, os.IsNotExist(statErr))
+}
+
+// The harness catches a real loss: with protocol A the Primary answers a
+// write before its peer has it; the stall-kill fault holds the replication
+// stream, kills the Primary and drops what was held, so the writes it
+// answered meanwhile are not on the node that takes over.
+func TestChaosCatchesProtocolALoss(t *testing.T) {
+	skipShort(t)
+	var out bytes.Buffer
+	dir := t.TempDir()
+	rep, err := Run(context.Background(), Config{Binary: twinbdBin, Seed: 2, Faults: 2, Protocol: "A",
+		Kinds: []string{StallKill}, Dir: dir, Out: &out})
+	t.Log("\n" + out.String())
+	require.Error(t, err)
+	require.True(t, errors.Is(err, ErrFailed))
+	require.False(t, rep.OK())
+	require.True(t, rep.Kept)
+	require.Contains(t, out.String(), "acknowledged writes lost")
+	require.Contains(t, out.String(), "replay with --seed 2")
+	require.True(t, strings.Contains(rep.Problems[0], "lost"), rep.Problems)
+	_, statErr := os.Stat(filepath.Join(dir, "alpha.log"))
+	require.NoError(t, statErr, "the logs are kept")
+}
