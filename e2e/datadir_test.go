@@ -150,7 +150,8 @@ func fsMounted(dir string) bool {
 }
 
 // newFSCluster writes the resource file (the start list: the filesystem,
-// then extra, a promoter block fragment such as `start "A" stop "B";`),
+// then extra, a promoter block fragment such as `start "A" stop "B";` in
+// which {BASE} stands for the scripts' BASE directory),
 // builds twinbd and starts the witness. pidFiles (relative to a node dir)
 // name the services' processes crash and cleanup kill, besides nbdfuse.
 func newFSCluster(t *testing.T, extra string, pidFiles []string, tools ...string) *fsCluster {
@@ -198,7 +199,7 @@ func newFSCluster(t *testing.T, extra string, pidFiles []string, tools ...string
     start-timeout 120; stop-timeout 120;
   }
 `, witness, filepath.Join(repo, "scripts", "e2e-fs-start.sh"), c.base, nbdPort[0], nbdPort[1],
-		filepath.Join(repo, "scripts", "e2e-fs-stop.sh"), c.base, extra)
+		filepath.Join(repo, "scripts", "e2e-fs-stop.sh"), c.base, strings.ReplaceAll(extra, "{BASE}", c.base))
 	for i, n := range fsNodes {
 		img := c.image(n)
 		require.NoError(t, os.WriteFile(img, nil, 0o600))

@@ -11,6 +11,7 @@ declare -A need=(
   [losetup]=mount [python3]=python3
   [qemu-system-x86_64]=qemu-system-x86 [cpio]=cpio
   [ocf-tester]=resource-agents [xmllint]=libxml2-utils [mariadbd]=mariadb-server [mariadb]=mariadb-client
+  [rabbitmq-server]=rabbitmq-server
 )
 missing=()
 for cmd in "${!need[@]}"; do
