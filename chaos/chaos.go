@@ -112,6 +112,7 @@ type runner struct {
 	out     io.Writer
 	rep     *Report
 	oldPrim int64 // two-writer answers seen so far
+	ctx     context.Context
 }
 
 func other(n string) string {
@@ -178,7 +179,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep := &Report{Seed: cfg.Seed, Dir: dir, Protocol: cfg.Protocol, Proxies: map[string]ProxyStats{}}
 	fmt.Fprintf(out, "chaos: seed %d (--seed %d replays this schedule), protocol %s, run dir %s\n", cfg.Seed, cfg.Seed, cfg.Protocol, dir)
 
-	r := &runner{cfg: cfg, out: out, rep: rep, start: time.Now()}
+	r := &runner{cfg: cfg, out: out, rep: rep, start: time.Now(), ctx: ctx}
 	err := r.run(ctx, dir)
 	rep.Elapsed = time.Since(r.start)
 	if err != nil {
@@ -308,6 +309,9 @@ func (r *runner) settle(timeout time.Duration) (time.Duration, []string, error) 
 	var why string
 	promoted := false
 	for time.Since(t0) < timeout {
+		if r.ctx.Err() != nil {
+			return time.Since(t0), notes, fmt.Errorf("interrupted while settling: %s", why)
+		}
 		why = ""
 		var sts [2]*replication.Status
 		for i, n := range Nodes {
