@@ -510,6 +510,9 @@ func buildResource(b *rbuilder, s *stmt) (*Resource, error) {
 		(b.r.Net.Fencing == "dont-care" || b.r.Handlers.FencePeer == "") {
 		return nil, errorf(b.where["options.auto-failover"], "auto-failover yes in resource %s needs a witness (witness IP:PORT;) or fencing resource-only/resource-and-stonith with a fence-peer handler: otherwise a partition would promote the Secondary while the Primary writes on", b.r.Name)
 	}
+	if b.r.Options.AutoFailover && b.r.Witness != "" && b.r.Options.Quorum != "majority" {
+		return nil, errorf(b.where["options.auto-failover"], "auto-failover yes with a witness in resource %s needs quorum majority in options: without it a Primary cut off from its peer and the witness would go on answering reads after the peer took over", b.r.Name)
+	}
 	r := b.r
 	return &r, nil
 }

@@ -417,6 +417,8 @@ func TestAutoFailoverNeedsWitnessOrFencing(t *testing.T) {
 	require.Contains(t, err.Error(), "t.conf:2:")
 	require.Contains(t, err.Error(), "needs a witness")
 	_, err = Parse("t.conf", []byte("resource r0 {\n  witness 127.0.0.1:7790;\n  options { auto-failover yes; }\n  "+hosts+"\n}\n"))
+	require.ErrorContains(t, err, "needs quorum majority")
+	_, err = Parse("t.conf", []byte("resource r0 {\n  witness 127.0.0.1:7790;\n  options { quorum majority; auto-failover yes; }\n  "+hosts+"\n}\n"))
 	require.NoError(t, err)
 	_, err = Parse("t.conf", []byte("resource r0 {\n  net { fencing resource-and-stonith; }\n  handlers { fence-peer \"/bin/true\"; }\n  options { auto-failover yes; }\n  "+hosts+"\n}\n"))
 	require.NoError(t, err)

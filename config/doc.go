@@ -53,7 +53,7 @@
 // drbd.conf's keys that have no effect in twinbd (the global and startup
 // sections, connection-mesh, /dev/drbdN devices, net keys such as rr-conflict
 // and allow-two-primaries, ...) and the keys twinbd parses without acting on
-// them (c-plan-ahead, unfence-peer, ...) are Config.Warnings with FILE:LINE:COL.
+// them (c-plan-ahead, pri-lost, ...) are Config.Warnings with FILE:LINE:COL.
 //
 // Nothing else is silently ignored: an unknown section or key, a duplicate key, a value
 // out of range, a missing required key in an on section, or a third on section is an

@@ -305,6 +305,9 @@ func (r *Resource) ResumeIO() error {
 	}
 	r.log.Warn("resume-io: the operator declared the peer fenced", "peer", r.peer.Name)
 	r.fenced()
+	if !r.haveQuorum() {
+		return fmt.Errorf("%w: the peer is now considered fenced, but I/O stays suspended for lack of quorum, which resume-io cannot override: bring the peer or the witness back, or demote (twinbd secondary --force %s)", ErrNoQuorum, r.res.Name)
+	}
 	return nil
 }
 
@@ -488,6 +491,7 @@ func (r *Resource) runAutoFailover(ctx context.Context) {
 			switch {
 			case err == nil && out.PeerFenced():
 				fenced = true
+				r.fo.needUnfence.Store(true)
 			case err == nil && out == failover.FencePeerPrimary:
 				r.log.Warn("fence-peer says the peer is still Primary: not promoting; marking this disk Outdated")
 				r.fo.peerWasPrimary.Store(false)

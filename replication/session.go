@@ -1026,8 +1026,9 @@ func (s *session) teardown() {
 		r.fo.fencing.Store(false)
 		r.wakeIO()
 	}
-	if r.writable.Load() && r.res.Net.Fencing == "resource-only" {
+	if r.writable.Load() && r.res.Net.Fencing == "resource-only" && r.res.Handlers.FencePeer != "" {
 		r.runHandler("fence-peer", r.res.Handlers.FencePeer)
+		r.fo.needUnfence.Store(true) // whatever it placed goes once the peer is back
 	}
 	r.sess.Store(nil)
 	for _, p := range pend {
