@@ -165,6 +165,24 @@ func (p *Promoter) Stop(ctx context.Context) error {
 	return nil
 }
 
+// Cleanup stops every entry of the list in reverse, whether or not this
+// process started it: after the daemon died while Primary (kill -9, a
+// crash), the services it had started may still run — a mount on a dead
+// NBD device, a database, a virtual IP that the new Primary also holds.
+// Stops must therefore be harmless for what is not running (systemctl
+// stop and OCF stop are; command pairs' stop commands should be). A kernel
+// device attached by the dead process is not detached here.
+func (p *Promoter) Cleanup(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.log().Warn("promoter: the daemon stopped while Primary: stopping the whole start list in case it still runs")
+	p.up = make([]bool, len(p.Services))
+	for i := range p.up {
+		p.up[i] = true
+	}
+	return p.stopAll(ctx)
+}
+
 // stopAll stops every running entry in reverse, then detaches the device if
 // all of them stopped; on failure it runs the escalation once. p.mu is held.
 func (p *Promoter) stopAll(ctx context.Context) error {

@@ -414,3 +414,14 @@ func TestShellWord(t *testing.T) {
 		require.Equal(t, s, string(res.Output))
 	}
 }
+
+// Cleanup (after the daemon died while Primary) stops the whole list in
+// reverse although this process started nothing.
+func TestPromoterCleanupStopsEverything(t *testing.T) {
+	l := newPromoterLog(t)
+	p := testPromoter(t, l.pair("a"), l.pair("b"))
+	require.NoError(t, p.Cleanup(context.Background()))
+	require.Equal(t, []string{"stop b", "stop a"}, l.lines(t))
+	require.NoError(t, p.Start(context.Background()))
+	require.Equal(t, []string{"stop b", "stop a", "start a", "start b"}, l.lines(t))
+}

@@ -415,7 +415,7 @@ func (w *Witness) handle(resName string, node int, req WitnessRequest, log *slog
 		case r.outdated[node]:
 			rep.Reason = "this node is Outdated: its peer wrote data it does not have"
 		case holder >= 0 && holder != node:
-			rep.Reason = fmt.Sprintf("node %d holds the primary lease (it is alive)", holder)
+			rep.Reason = fmt.Sprintf("node %d's primary lease has not expired yet (the witness heard from it less than a lease ago)", holder)
 		default:
 			rep.OK = true
 			r.lease = map[int]time.Time{node: now.Add(lease + WitnessMargin)}

@@ -455,7 +455,8 @@ func (r *Resource) runAutoFailover(ctx context.Context) {
 	defer t.Stop()
 	var lastMsg string
 	var lastAt time.Time
-	fenced := false // fence-peer succeeded in this episode
+	fenced := false    // fence-peer succeeded in this episode
+	announced := false // "promoting" logged in this episode
 	for {
 		select {
 		case <-ctx.Done():
@@ -468,6 +469,7 @@ func (r *Resource) runAutoFailover(ctx context.Context) {
 			continue
 		}
 		if !r.fo.peerWasPrimary.Load() {
+			announced = false
 			continue
 		}
 		r.mu.Lock()
@@ -503,12 +505,16 @@ func (r *Resource) runAutoFailover(ctx context.Context) {
 				continue
 			}
 		}
-		r.log.Warn("Primary peer gone: promoting", "peer", r.peer.Name)
+		if !announced {
+			r.log.Warn("Primary peer gone: promoting", "peer", r.peer.Name)
+			announced = true
+		}
 		start := time.Now()
 		if err := r.promote(ctx, false, true); err != nil {
 			note(err.Error())
 			continue
 		}
+		announced = false
 		r.fo.peerWasPrimary.Store(false)
 		r.log.Warn("automatic promotion done", "took", time.Since(start))
 	}

@@ -204,6 +204,14 @@ func Up(opts Options) (*Resource, error) {
 			return fail(fmt.Errorf("replication: %s: record crashed primary: %w", opts.Res.Name, err))
 		}
 		log.Warn("node was Primary when it stopped without demoting (crashed primary)")
+		// Its services may still run (the daemon alone died): stop them
+		// before anything else, so a virtual IP or a mount on a dead device
+		// does not outlive the role.
+		if c, ok := opts.Services.(interface{ Cleanup(context.Context) error }); ok {
+			if err := c.Cleanup(context.Background()); err != nil {
+				log.Error("stopping the start list of the crashed Primary", "err", err)
+			}
+		}
 	}
 	log.Info("resource up", "disk", r.disk, "size", size, "backing", host.Disk, "meta", host.MetaDisk)
 	if r.peer != nil {
