@@ -92,10 +92,7 @@ func quantileGrid() []float64 {
 	for i := 0; i <= 90; i++ {
 		qs = append(qs, float64(i)/100)
 	}
-	for _, q := range []float64{0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1} {
-		qs = append(qs, q)
-	}
-	return qs
+	return append(qs, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1)
 }
 
 // liveCounters are what the progress line reads while workers run; padded

@@ -249,8 +249,7 @@ func resourceDefaults(b *rbuilder, s *stmt) (*hostDefaults, error) {
 	}
 	res := s.args[0].text
 	var conn *stmt
-	var key func(st *stmt) error
-	key = func(st *stmt) error {
+	key := func(st *stmt) error {
 		k := st.key.text
 		if k == "device" && !deviceStmt(b, st) {
 			return nil
@@ -327,8 +326,7 @@ func (d *hostDefaults) connection(st *stmt, res string, hosts map[string]bool) e
 		return header(st, "connection", min(len(st.args), 1))
 	}
 	var path *stmt
-	var hostStmt func(h *stmt) error
-	hostStmt = func(h *stmt) error {
+	hostStmt := func(h *stmt) error {
 		a := h.args
 		if h.hasBlock || len(a) == 0 {
 			return errorf(h.key.pos, "expected host NAME address IP:PORT; in connection section")
