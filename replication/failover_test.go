@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -19,76 +18,22 @@ import (
 	"github.com/twinbd/twinbd/config"
 	"github.com/twinbd/twinbd/device"
 	"github.com/twinbd/twinbd/failover"
+	"github.com/twinbd/twinbd/internal/netfault"
 )
 
-// cutProxy forwards TCP to target until Cut: then every connection through
-// it breaks and new ones are closed at once, until Heal.
-type cutProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	cut    bool
-	conns  map[net.Conn]bool
-}
-
-func newCutProxy(t *testing.T, target string) *cutProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// newCutProxy forwards to target until Cut (a partition of one link).
+func newCutProxy(t *testing.T, target string) *netfault.CutProxy {
+	p, err := netfault.NewCutProxy(target)
 	require.NoError(t, err)
-	p := &cutProxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	go p.serve()
-	t.Cleanup(func() { ln.Close(); p.Cut() })
+	t.Cleanup(p.Close)
 	return p
-}
-
-func (p *cutProxy) Addr() string { return p.ln.Addr().String() }
-
-func (p *cutProxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		u, err := net.Dial("tcp", p.target)
-		if err != nil {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		p.conns[c], p.conns[u] = true, true
-		p.mu.Unlock()
-		go func() { io.Copy(u, c); u.Close(); c.Close() }()
-		go func() { io.Copy(c, u); u.Close(); c.Close() }()
-	}
-}
-
-// Cut breaks every connection and refuses new ones.
-func (p *cutProxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
-	for c := range p.conns {
-		c.Close()
-	}
-	p.conns = map[net.Conn]bool{}
-}
-
-func (p *cutProxy) Heal() {
-	p.mu.Lock()
-	p.cut = false
-	p.mu.Unlock()
 }
 
 // foPair is a pair with a witness; each node reaches the witness through
 // its own cutProxy.
 type foPair struct {
 	*testPair
-	wa, wb *cutProxy
+	wa, wb *netfault.CutProxy
 	fence  map[string]func() int // fence-peer exit code per node (nil: not configured)
 	fmu    sync.Mutex
 	fenced []string
@@ -177,7 +122,7 @@ func (p *foPair) upNode(node string) *Resource {
 // isolate cuts node from its peer and from the witness.
 func (p *foPair) isolate(node string) {
 	p.net.Partition("a:1", "b:1")
-	map[string]*cutProxy{"a": p.wa, "b": p.wb}[node].Cut()
+	map[string]*netfault.CutProxy{"a": p.wa, "b": p.wb}[node].Cut()
 }
 
 func (p *foPair) healAll() {
