@@ -120,14 +120,17 @@ func (r *Resource) Outdate() error {
 		r.mu.Unlock()
 		return fmt.Errorf("replication: %s: disk is %s, which is already worse than Outdated", r.res.Name, d)
 	}
+	if r.sess.Load() != nil {
+		r.mu.Unlock()
+		// DRBD refuses too: connected, the data is kept current by the
+		// peer, so Outdated would be false (and undone by the next sync).
+		return fmt.Errorf("%w: refusing to be Outdated while Connected to %s: run `twinbd disconnect %s` first", ErrInUse, r.peer.Name, r.res.Name)
+	}
 	r.mu.Unlock()
 	if err := r.meta.Update(func(sb *bitmap.Superblock) { sb.Flags |= bitmap.FlagOutdated }); err != nil {
 		return fmt.Errorf("replication: %s: write metadata: %w", r.res.Name, err)
 	}
 	r.setDisk(DiskOutdated)
-	if s := r.sess.Load(); s != nil {
-		go func() { s.sendMeta(r.myState(0)) }()
-	}
 	return nil
 }
 

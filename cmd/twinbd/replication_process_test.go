@@ -590,6 +590,9 @@ func TestPairDataVerbs(t *testing.T) {
 
 	// outdate is refused on the Primary (11) and marks a Secondary.
 	require.Equal(t, 11, p.run("alpha", "outdate", "r0").code)
+	r := p.run("beta", "outdate", "r0")
+	require.Equal(t, 11, r.code, "outdate while Connected is refused (DRBD)")
+	require.Contains(t, r.err, "twinbd disconnect r0")
 	p.ok("beta", "disconnect", "r0")
 	p.ok("beta", "outdate", "r0")
 	require.Equal(t, "Outdated/DUnknown\n", p.ok("beta", "dstate", "r0"))
@@ -608,7 +611,7 @@ func TestPairDataVerbs(t *testing.T) {
 	p.requireInSync()
 	require.Eventually(t, func() bool { return len(p.resyncs("alpha")) > syncs }, 5*time.Second, 20*time.Millisecond)
 	require.Equal(t, p.dataSize(), p.resyncs("alpha")[syncs], "a full sync")
-	r := p.run("alpha", "invalidate", "r0")
+	r = p.run("alpha", "invalidate", "r0")
 	require.Equal(t, 11, r.code, "invalidate on the Primary: %s", r.err)
 
 	// Switching roles by hand: secondary here, primary there, and back.
