@@ -214,6 +214,12 @@ func (s Status) WriteText(w io.Writer, verbose bool) {
 				fmt.Fprintf(&b, " reason:%q", c.Reason)
 			}
 			b.WriteString("\n")
+			if verbose {
+				// What the peer will need when it is back.
+				for _, p := range c.PeerDevices {
+					fmt.Fprintf(&b, "    out-of-sync:%d\n", p.OutOfSync)
+				}
+			}
 			continue
 		}
 		fmt.Fprintf(&b, " role:%s\n", c.PeerRole)
