@@ -27,7 +27,7 @@ func (r *Resource) ReadAt(p []byte, off int64) error {
 		return err
 	}
 	r.pending.Add(1)
-	err := r.local.ReadAt(p, off)
+	err := r.b().local.ReadAt(p, off)
 	if err == nil {
 		err = r.awaitIO(false)
 	}
@@ -50,7 +50,7 @@ func (r *Resource) WriteAt(p []byte, off int64, fua bool) error {
 	}
 	err := r.replicate(off, int64(len(p)), fua,
 		func(seq uint64) Message { return &DataMsg{Seq: seq, Offset: off, Flags: flags, Payload: p} },
-		func() error { return r.local.WriteAt(p, off, fua) })
+		func() error { return r.b().local.WriteAt(p, off, fua) })
 	if err == nil {
 		r.writtenBytes.Add(int64(len(p)))
 	}
@@ -70,7 +70,7 @@ func (r *Resource) Flush() error {
 	if s := r.sess.Load(); s != nil {
 		peer = s.barrier()
 	}
-	err := r.local.Flush()
+	err := r.b().local.Flush()
 	if peer != nil {
 		// false: the link died; what the peer may lack is in the bitmap.
 		<-peer
@@ -87,7 +87,7 @@ func (r *Resource) Trim(off, length int64, fua bool) error {
 	}
 	return r.replicate(off, length, fua,
 		func(seq uint64) Message { return &TrimMsg{Seq: seq, Offset: off, Length: length} },
-		func() error { return r.local.Trim(off, length, fua) })
+		func() error { return r.b().local.Trim(off, length, fua) })
 }
 
 func (r *Resource) WriteZeroes(off, length int64, fua, noHole bool) error {
@@ -96,7 +96,7 @@ func (r *Resource) WriteZeroes(off, length int64, fua, noHole bool) error {
 	}
 	err := r.replicate(off, length, fua,
 		func(seq uint64) Message { return &TrimMsg{Seq: seq, Offset: off, Length: length, Zero: true} },
-		func() error { return r.local.WriteZeroes(off, length, fua, noHole) })
+		func() error { return r.b().local.WriteZeroes(off, length, fua, noHole) })
 	if err == nil {
 		r.writtenBytes.Add(length)
 	}
@@ -127,7 +127,7 @@ func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) M
 	}
 	unlock := r.lock.Lock(off, length)
 	defer unlock()
-	release, err := r.al.Begin(off, length)
+	release, err := r.b().al.Begin(off, length)
 	if err != nil {
 		r.log.Error("activity log", "err", err)
 		return fmt.Errorf("%w: %w", errActivityLog, err)

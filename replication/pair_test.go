@@ -166,7 +166,7 @@ func TestPairInitialSyncAndReplication(t *testing.T) {
 	p.sameData()
 
 	// Same generation on both after the sync.
-	require.Equal(t, p.a.meta.Superblock().Current, p.b.meta.Superblock().Current)
+	require.Equal(t, p.a.b().meta.Superblock().Current, p.b.b().meta.Superblock().Current)
 	// The peer refuses a second Primary.
 	require.ErrorIs(t, p.b.Primary(false), ErrInUse)
 }
@@ -312,16 +312,16 @@ func TestPairCrashedPrimaryALResync(t *testing.T) {
 		require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), int64(i)*8192, false))
 	}
 	// A write in flight: on a's disk, never sent (the process died first).
-	release, err := p.a.al.Begin(4096, 4096)
+	release, err := p.a.b().al.Begin(4096, 4096)
 	require.NoError(t, err)
-	require.NoError(t, p.a.local.WriteAt(randBlock(rng, 4096), 4096, false))
+	require.NoError(t, p.a.b().local.WriteAt(randBlock(rng, 4096), 4096, false))
 	release()
 	p.a.abandon()
 	p.a = nil
 	eventually(t, "b notices", func() bool { return p.b.sess.Load() == nil })
 
 	p.a = p.up("a")
-	require.True(t, p.a.meta.Superblock().Flags&bitmapFlagCrashedPrimary() != 0)
+	require.True(t, p.a.b().meta.Superblock().Flags&bitmapFlagCrashedPrimary() != 0)
 	require.NotZero(t, p.a.bm.Count(), "activity-log extents marked out of sync")
 	require.Equal(t, DiskConsistent, p.a.DiskState())
 	p.waitSynced(p.a)

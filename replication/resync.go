@@ -130,7 +130,7 @@ func (s *session) resyncRun(off, length int64, done func()) {
 		return
 	}
 	buf := make([]byte, length)
-	if err := r.local.ReadAt(buf, off); err != nil {
+	if err := r.b().local.ReadAt(buf, off); err != nil {
 		unlock()
 		done()
 		r.log.Error("resync: reading local data failed", "off", off, "err", err)
@@ -202,7 +202,7 @@ func (s *session) finishSource() {
 	case <-s.deadCh:
 		return
 	}
-	sb := r.meta.Superblock()
+	sb := r.b().meta.Superblock()
 	g := Generation{Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History}
 	if g.Bitmap != 0 {
 		g.History[1], g.History[0] = g.History[0], g.Bitmap
@@ -213,13 +213,13 @@ func (s *session) finishSource() {
 	if s.writeDataSeq(0, done) != nil {
 		return
 	}
-	if err := r.meta.Update(func(sb *bitmap.Superblock) {
+	if err := r.b().meta.Update(func(sb *bitmap.Superblock) {
 		sb.Bitmap, sb.History = g.Bitmap, g.History
 	}); err != nil {
 		s.fail(fmt.Errorf("resync done: write metadata: %w", err))
 		return
 	}
-	if err := r.meta.WriteBitmap(r.bm); err != nil {
+	if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 		r.log.Warn("resync done: writing the bitmap failed", "err", err)
 	}
 	r.mu.Lock()

@@ -357,7 +357,7 @@ func (r *Resource) runSession(ctx context.Context, data, meta net.Conn) error {
 
 // myState is this node's State message.
 func (r *Resource) myState(flags uint32) *StateMsg {
-	sb := r.meta.Superblock()
+	sb := r.b().meta.Superblock()
 	r.mu.Lock()
 	role, disk := r.role, r.disk
 	if r.discardMyData {
@@ -488,18 +488,18 @@ func (s *session) handshake() (SyncKind, error) {
 	peerDisk := DiskState(theirs.Disk)
 	switch {
 	case kind.Target():
-		if err := r.meta.Update(func(sb *bitmap.Superblock) {
+		if err := r.b().meta.Update(func(sb *bitmap.Superblock) {
 			sb.Flags &^= bitmap.FlagConsistent | bitmap.FlagWasUpToDate
 		}); err != nil {
 			return 0, fmt.Errorf("mark Inconsistent: %w", err)
 		}
-		if err := r.meta.WriteBitmap(r.bm); err != nil {
+		if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 			return 0, err
 		}
 		r.runHandler("before-resync-target", r.res.Handlers.BeforeResyncTarget)
 		r.setDisk(DiskInconsistent)
 	case kind.Source():
-		if err := r.meta.WriteBitmap(r.bm); err != nil {
+		if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 			return 0, err
 		}
 		// The source holds the newest data by the sync decision: a
@@ -523,7 +523,7 @@ func (s *session) handshake() (SyncKind, error) {
 	}
 	// The crashed-primary flag has done its job once a sync was decided.
 	if me.CrashedPrimary {
-		r.meta.Update(func(sb *bitmap.Superblock) { sb.Flags &^= bitmap.FlagCrashedPrimary })
+		r.b().meta.Update(func(sb *bitmap.Superblock) { sb.Flags &^= bitmap.FlagCrashedPrimary })
 	}
 	s.data.SetDeadline(time.Time{})
 	s.meta.SetDeadline(time.Time{})
@@ -787,7 +787,7 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		inline = m.Flags&DataFUA == 0
 		off, length = m.Offset, int64(len(m.Payload))
 		work = func() error {
-			err := r.local.WriteAt(m.Payload, m.Offset, m.Flags&DataFUA != 0)
+			err := r.b().local.WriteAt(m.Payload, m.Offset, m.Flags&DataFUA != 0)
 			if err == nil {
 				r.writtenBytes.Add(int64(len(m.Payload)))
 			}
@@ -801,9 +801,9 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		off, length = m.Offset, m.Length
 		work = func() error {
 			if m.Zero {
-				return r.local.WriteZeroes(m.Offset, m.Length, false, false)
+				return r.b().local.WriteZeroes(m.Offset, m.Length, false, false)
 			}
-			return r.local.Trim(m.Offset, m.Length, false)
+			return r.b().local.Trim(m.Offset, m.Length, false)
 		}
 		ack = writeAck(m.Seq)
 	case *ResyncDataMsg:
@@ -821,9 +821,9 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		work = func() error {
 			var err error
 			if p == nil {
-				err = r.local.WriteZeroes(m.Offset, m.Length, false, false) // may punch a hole
+				err = r.b().local.WriteZeroes(m.Offset, m.Length, false, false) // may punch a hole
 			} else {
-				err = r.local.WriteAt(p, m.Offset, false)
+				err = r.b().local.WriteAt(p, m.Offset, false)
 			}
 			if err != nil {
 				return err
@@ -842,7 +842,7 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		var same bool
 		work = func() error {
 			buf := make([]byte, m.Length)
-			if err := r.local.ReadAt(buf, m.Offset); err != nil {
+			if err := r.b().local.ReadAt(buf, m.Offset); err != nil {
 				return err
 			}
 			same = xxhash.Sum64(buf) == m.Sum
@@ -873,7 +873,7 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 			if prev != nil {
 				<-prev
 			}
-			if err := r.data.Flush(); err != nil {
+			if err := r.b().data.Flush(); err != nil {
 				r.log.Error("flush for the peer's barrier failed", "err", err)
 				s.fail(fmt.Errorf("barrier: flush: %w", err))
 				return
@@ -957,14 +957,14 @@ func errnoOf(err error) uint32 {
 // complete: everything before it in the stream is applied (the whole-device
 // range lock), so flush, adopt the source's generation, and be UpToDate.
 func (r *Resource) finishSyncTarget(m *StateMsg) error {
-	if err := r.data.Flush(); err != nil {
+	if err := r.b().data.Flush(); err != nil {
 		return err
 	}
 	r.bm.ClearAll()
-	if err := r.meta.WriteBitmap(r.bm); err != nil {
+	if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 		return err
 	}
-	if err := r.meta.Update(func(sb *bitmap.Superblock) {
+	if err := r.b().meta.Update(func(sb *bitmap.Superblock) {
 		sb.Current, sb.Bitmap, sb.History = m.Current, 0, m.History
 		sb.Flags |= bitmap.FlagConsistent | bitmap.FlagWasUpToDate
 		sb.Flags &^= bitmap.FlagOutdated | bitmap.FlagCrashedPrimary | bitmap.FlagFullSyncNeeded

@@ -113,9 +113,9 @@ func (r *Resource) Status() Status {
 		st.WitnessOutdated = r.fo.outdatedHere.Load()
 	}
 	st.MayPromote, st.PromotionScore = r.Promotion()
-	st.Devices[0].BMWrites = r.meta.BitmapWrites()
-	if r.al != nil {
-		st.Devices[0].ALWrites = r.al.Stats()
+	st.Devices[0].BMWrites = r.b().meta.BitmapWrites()
+	if r.b().al != nil {
+		st.Devices[0].ALWrites = r.b().al.Stats()
 	}
 	for _, p := range r.peers {
 		st.Connections = append(st.Connections, r.connStatus(p))
