@@ -68,7 +68,7 @@ func NewFaulty(dev Device) *Faulty {
 }
 
 // SetFault fails the I/O of mode on [off, off+length) from now on (length
-// 0: the whole device). FaultNone heals.
+// 0: the whole device, flushes included). FaultNone heals.
 func (f *Faulty) SetFault(mode FaultMode, off, length int64) {
 	f.mu.Lock()
 	f.mode, f.off, f.length = mode, off, length
@@ -200,9 +200,11 @@ func (f *Faulty) Flush() error {
 	// Blocks saved after the swap belong to writes that may complete
 	// after the flush: only what was saved before it is dropped.
 	f.mu.Lock()
-	if err := f.check(FaultWrite, 0, f.dev.Size()); err != nil {
-		f.mu.Unlock()
-		return err
+	if f.length == 0 { // a ranged fault fails only the I/O that touches it
+		if err := f.check(FaultWrite, 0, f.dev.Size()); err != nil {
+			f.mu.Unlock()
+			return err
+		}
 	}
 	before := f.saved
 	f.saved = map[int64][]byte{}

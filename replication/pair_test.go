@@ -26,6 +26,7 @@ type testPair struct {
 	imgA, imgB string
 	a, b       *Resource
 	devs       map[string]device.Device // injected disks, by node
+	inject     bool                     // Options.FaultInjection
 
 	hmu      sync.Mutex
 	handlers []string // "node:handler" calls, in order
@@ -45,8 +46,14 @@ func newPair(t *testing.T, netExtra string) *testPair {
 
 // newPairOn builds a pair on injected disks (nil: files).
 func newPairOn(t *testing.T, netExtra string, devs map[string]device.Device) *testPair {
+	return newPairWith(t, netExtra, "", devs, false)
+}
+
+// newPairWith builds a pair with extra `disk { }` settings, on injected
+// disks (nil: files), with or without fault injection.
+func newPairWith(t *testing.T, netExtra, diskExtra string, devs map[string]device.Device, inject bool) *testPair {
 	dir := t.TempDir()
-	p := &testPair{t: t, net: NewMemNetwork(1), devs: devs}
+	p := &testPair{t: t, net: NewMemNetwork(1), devs: devs, inject: inject}
 	p.imgA, p.imgB = filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
 	for _, img := range []string{p.imgA, p.imgB} {
 		require.NoError(t, os.WriteFile(img, nil, 0o600))
@@ -54,10 +61,12 @@ func newPairOn(t *testing.T, netExtra string, devs map[string]device.Device) *te
 	}
 	src := fmt.Sprintf(`resource r0 {
   net { shared-secret "s3cret"; ping-int 1; connect-int 1; %s }
+  disk { %s }
+  handlers { local-io-error "true"; }
   on a { node-id 0; address a:1; export %s; disk %s; meta-disk internal; }
   on b { node-id 1; address b:1; export %s; disk %s; meta-disk internal; }
 }
-`, netExtra, freeAddr(t), p.imgA, freeAddr(t), p.imgB)
+`, netExtra, diskExtra, freeAddr(t), p.imgA, freeAddr(t), p.imgB)
 	cfg, err := config.Parse(filepath.Join(dir, "t.conf"), []byte(src))
 	require.NoError(t, err)
 	p.res, err = cfg.Resource("r0")
@@ -81,7 +90,7 @@ func newPairOn(t *testing.T, netExtra string, devs map[string]device.Device) *te
 
 func (p *testPair) up(node string) *Resource {
 	peer := map[string]string{"a": "b:1", "b": "a:1"}[node]
-	r, err := Up(Options{Res: p.res, Node: node, Transport: p.net.Transport(node+":1", peer), Disk: p.devs[node],
+	r, err := Up(Options{Res: p.res, Node: node, Transport: p.net.Transport(node+":1", peer), Disk: p.devs[node], FaultInjection: p.inject,
 		Handler: func(name, _ string) {
 			p.hmu.Lock()
 			p.handlers = append(p.handlers, node+":"+name)

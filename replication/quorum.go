@@ -141,6 +141,9 @@ func (r *Resource) suspended() string {
 	if r.fo.fencing.Load() {
 		return "fencing"
 	}
+	if r.detached.Load() && r.res.Disk.OnNoDataAccessible == "suspend-io" && !r.peerUpToDate() {
+		return "no-data" // Diskless without an UpToDate peer (disk.go)
+	}
 	return ""
 }
 

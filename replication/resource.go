@@ -99,6 +99,11 @@ type Resource struct {
 
 	writable atomic.Bool // true only while Primary and serving
 
+	// local disk failure (disk.go)
+	detached      atomic.Bool // the disk failed or was detached: Diskless
+	partial       atomic.Bool // Primary attaching a new disk: out-of-sync blocks are read from the peer
+	ioErrorCalled atomic.Bool // local-io-error ran for this disk (call-local-io-error)
+
 	// statistics (bytes)
 	readBytes, writtenBytes atomic.Int64
 	pending                 atomic.Int64
@@ -124,6 +129,7 @@ type Resource struct {
 	mu            sync.Mutex // guards role, disk, server, ln, down, link and the fields below
 	role          Role
 	disk          DiskState
+	diskReason    string // why the disk is Failed/Diskless
 	server        *nbd.Server
 	ln            net.Listener
 	serveWG       sync.WaitGroup
@@ -541,6 +547,10 @@ func (r *Resource) promoteLocked(force, known bool) error {
 	if addr == "" {
 		return fmt.Errorf("replication: %s: no `export IP:PORT;` for node %s or the resource: nowhere to serve NBD", r.res.Name, r.host.Name)
 	}
+	if r.detached.Load() {
+		// Even forced: a Diskless node has no data to declare UpToDate.
+		return fmt.Errorf("%w: %s has no disk (Diskless: %s); replace it, run `twinbd create-md %s` and `twinbd attach %s`, or promote the peer", ErrNoUpToDate, r.res.Name, r.diskReason, r.res.Name, r.res.Name)
+	}
 	sess := r.sess.Load()
 	if sess != nil && r.link.peerRole == RolePrimary {
 		return fmt.Errorf("%w: the peer %s is Primary; demote it first (twinbd secondary %s on %s): two Primaries are never allowed", ErrInUse, r.peer.Name, r.res.Name, r.peer.Name)
@@ -692,7 +702,7 @@ func (r *Resource) secondaryLocked(force bool) error {
 	r.fo.fencing.Store(false)
 	r.server, r.ln = nil, nil
 	r.role = RoleSecondary
-	if err := r.b().data.Flush(); err != nil {
+	if err := r.b().data.Flush(); err != nil && !r.detached.Load() {
 		return fmt.Errorf("replication: %s: flush on demotion: %w", r.res.Name, err)
 	}
 	if err := r.b().meta.Update(func(s *bitmap.Superblock) { s.Flags &^= bitmap.FlagPrimaryInd }); err != nil {
@@ -734,10 +744,10 @@ func (r *Resource) Down(force bool) error {
 	if r.down {
 		return nil
 	}
-	if err := r.b().data.Flush(); err != nil {
+	if err := r.b().data.Flush(); err != nil && !r.detached.Load() {
 		return fmt.Errorf("replication: %s: flush: %w", r.res.Name, err)
 	}
-	if r.bm != nil {
+	if r.bm != nil && !r.detached.Load() {
 		// The bitmap on disk is now complete, so the activity log can be
 		// emptied: a restart finds exactly the recorded bits.
 		if err := r.b().meta.WriteBitmap(r.bm); err != nil {

@@ -130,12 +130,20 @@ func (s *session) resyncRun(off, length int64, done func()) {
 		return
 	}
 	buf := make([]byte, length)
-	if err := r.b().local.ReadAt(buf, off); err != nil {
+	if err := r.peerIO("resync read", off, func() error { return r.b().local.ReadAt(buf, off) }); err != nil {
 		unlock()
 		done()
 		r.log.Error("resync: reading local data failed", "off", off, "err", err)
 		s.fail(fmt.Errorf("resync source: read at %d: %w", off, err))
 		return
+	}
+	if s.toPrimary.Load() {
+		// The target is an attaching Primary: its application writes
+		// come to this node, and the target orders them against resync
+		// data itself (disk.go). Holding the range until its ack would
+		// deadlock with a write of the same range waiting for ours.
+		unlock()
+		unlock = func() {}
 	}
 	sendData := func() {
 		p := &pending{rng: rng{off, length}}
