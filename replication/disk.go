@@ -395,7 +395,6 @@ func (r *Resource) PowerFail() (int64, error) {
 	return f.PowerFail()
 }
 
-
 // applyResyncPartial writes resync data on an attaching Primary: only the
 // blocks still out of sync. A block an application write has cleared since
 // holds newer data than this (see the top of this file). p nil: zeroes.

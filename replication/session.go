@@ -79,7 +79,7 @@ type pending struct {
 	read  bool
 	buf   []byte
 	errno uint32
-	sent   int64 // r.stamp() at register (ko-count watchdog)
+	sent  int64 // r.stamp() at register (ko-count watchdog)
 }
 
 type session struct {
