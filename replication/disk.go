@@ -52,6 +52,9 @@ import (
 // (on-no-data-accessible io-error).
 var ErrNoData = errors.New("no data accessible")
 
+// DetachedByOperator is the disk reason after `detach`.
+const DetachedByOperator = "detached by the operator"
+
 // errDiskless is a local I/O refused because the disk is detached.
 var errDiskless = fmt.Errorf("replication: local disk detached (Diskless): %w", syscall.EIO)
 
@@ -126,7 +129,7 @@ func (r *Resource) Detach(force bool) error {
 	if err != nil {
 		r.log.Warn("flush before detach failed", "err", err)
 	}
-	r.detach("detached by the operator")
+	r.detach(DetachedByOperator)
 	return nil
 }
 
