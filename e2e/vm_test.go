@@ -4,7 +4,8 @@
 // Debian's nbd-client, makes an ext4 filesystem and writes files; the host
 // then checks that both nodes hold the same bytes, that the filesystem is
 // clean on the Secondary's disk and that every file reads back with the
-// checksum the guest printed. See README.md.
+// checksum the guest printed. guestnode_test.go runs twinbd itself as a
+// node inside the guest. See README.md.
 package e2e
 
 import (
