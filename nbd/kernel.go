@@ -138,6 +138,8 @@ func ioctl(f *os.File, req, arg uintptr) error {
 // DO_IT, and a process-directed signal (SIGCHLD of a start-list command)
 // may land on any thread that does not block it. The thread is never
 // unlocked, so it exits with the goroutine and the mask dies with it.
+// (syscall.Setuid and friends signal every thread and wait for each: do not
+// call them in a process that holds a device attached.)
 // After DO_IT returns, NBD_CLEAR_QUE and NBD_CLEAR_SOCK release the device,
 // as nbd-client does.
 func doIt(dev *os.File) error {
