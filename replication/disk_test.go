@@ -50,7 +50,7 @@ func (m *diskModel) check(t *testing.T, r *Resource) {
 
 // newDiskPair is a synced pair with fault injection, a Primary.
 func newDiskPair(t *testing.T, diskExtra string) *testPair {
-	p := newPairWith(t, "", diskExtra, nil, true)
+	p := newPairWith(t, `} handlers { local-io-error "true";`, diskExtra, nil, true) // closes net, opens handlers
 	require.NoError(t, p.a.Primary(true))
 	p.waitSynced(p.a)
 	return p

@@ -62,7 +62,6 @@ func newPairWith(t *testing.T, netExtra, diskExtra string, devs map[string]devic
 	src := fmt.Sprintf(`resource r0 {
   net { shared-secret "s3cret"; ping-int 1; connect-int 1; %s }
   disk { %s }
-  handlers { local-io-error "true"; }
   on a { node-id 0; address a:1; export %s; disk %s; meta-disk internal; }
   on b { node-id 1; address b:1; export %s; disk %s; meta-disk internal; }
 }
