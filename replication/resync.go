@@ -232,13 +232,6 @@ func (s *session) finishSource() {
 	}
 	r.mu.Lock()
 	r.link.repl = ReplEstablished
-	// The target adopts this generation on ResyncDone and says so in its
-	// next State; until that arrives status (and wait-sync) would show a
-	// finished resync next to an Inconsistent peer. A target that fails
-	// to finish drops the link.
-	if r.link.peerDisk == DiskInconsistent {
-		r.link.peerDisk = DiskUpToDate
-	}
 	r.mu.Unlock()
 	r.log.Info("resync finished", "peer", r.peer.Name, "bytes", r.link.syncedBytes.Load(), "on-wire", r.link.resyncWire.Load(), "took", time.Since(s.syncedAt).Round(time.Millisecond))
 }

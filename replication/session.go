@@ -1026,7 +1026,10 @@ func (r *Resource) finishSyncTarget(m *StateMsg) error {
 	if r.detached.Load() {
 		return nil // the disk failed during the resync: stays Diskless
 	}
-	if err := r.b().data.Flush(); err != nil {
+	if err := r.peerIO("flush", 0, r.b().data.Flush); err != nil {
+		if r.detached.Load() {
+			return nil // detached by this very error: Diskless now, the link stays
+		}
 		return err
 	}
 	r.bm.ClearAll()
