@@ -116,7 +116,6 @@ var noEffect = map[string]string{
 	"disk.on-no-data-accessible":   "twinbd does not act on it yet",
 	"net.csums-after-crash-only":   "twinbd uses checksums after a Primary crash anyway, and for every resync when csums-alg is set",
 	"net.verify-alg":               "online verify always compares xxhash64 digests",
-	"handlers.local-io-error":      "twinbd never runs this handler",
 	"handlers.pri-lost":            "twinbd never runs this handler",
 	"handlers.pri-lost-after-sb":   "twinbd never runs this handler; a split brain whose victim is Primary goes StandAlone",
 	"handlers.pri-on-incon-degr":   "twinbd never runs this handler",

@@ -60,7 +60,7 @@ func TestDiskFailurePrimaryUnderFio(t *testing.T) {
 	st := p.status("alpha")
 	require.Equal(t, "Diskless", st.Devices[0].DiskState)
 	require.Contains(t, st.Devices[0].DiskReason, "on-io-error detach")
-	require.Contains(t, p.ok("alpha", "status", "r0"), "disk:Diskless (write error")
+	require.Regexp(t, `disk:Diskless \((write|flush) error .*\(on-io-error detach\)\)`, p.ok("alpha", "status", "r0"))
 	require.Equal(t, "Diskless", p.status("beta").Connections[0].PeerDevices[0].PeerDiskState)
 	require.Eventually(t, func() bool { _, err := os.Stat(mark); return err == nil }, 5*time.Second, 50*time.Millisecond, "local-io-error handler")
 
