@@ -255,3 +255,29 @@ func TestDetachVerb(t *testing.T) {
 	require.Contains(t, p.a.Status().Devices[0].DiskReason, "operator")
 	require.NoError(t, p.a.WriteAt(make([]byte, 4096), 0, false))
 }
+
+// TestDisklessPrimaryHandsOver: a Diskless Primary (auto-failover, a
+// witness) whose peer link breaks has no data left to serve: it demotes
+// and releases the witness lease, and the peer, which holds every answered
+// write, takes over. Without the demotion the witness would keep the peer
+// from promoting for as long as the Diskless node renews its lease.
+func TestDisklessPrimaryHandsOver(t *testing.T) {
+	p := newFoPair(t, "", foOptions, "", true, func(p *foPair) { p.inject = true })
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	eventually(t, "both nodes known to the witness", func() bool {
+		return p.a.Status().Witness == "connected" && p.b.Status().Witness == "connected"
+	})
+	time.Sleep(3 * time.Second) // the fresh witness's warm-up
+	m := &diskModel{blocks: map[int64][]byte{}}
+	rng := rand.New(rand.NewPCG(5, 5))
+	require.NoError(t, p.a.DiskFault(device.FaultRW, 0, 0))
+	for range 100 {
+		m.write(t, p.a, rng)
+	}
+	require.Equal(t, DiskDiskless, p.a.DiskState())
+	p.net.Partition("a:1", "b:1") // the witness still sees both
+	eventually(t, "b promoted", func() bool { return p.b.Role() == RolePrimary })
+	require.Equal(t, RoleSecondary, p.a.Role())
+	m.check(t, p.b) // every write a answered is on b
+}

@@ -40,7 +40,7 @@ type foPair struct {
 }
 
 // newFoPair: options and net extras go into the resource; witness: run one.
-func newFoPair(t *testing.T, netExtra, options, handlers string, witness bool) *foPair {
+func newFoPair(t *testing.T, netExtra, options, handlers string, witness bool, opts ...func(*foPair)) *foPair {
 	dir := t.TempDir()
 	p := &foPair{testPair: &testPair{t: t, net: NewMemNetwork(1)}, fence: map[string]func() int{}}
 	p.imgA, p.imgB = filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
@@ -83,6 +83,9 @@ func newFoPair(t *testing.T, netExtra, options, handlers string, witness bool) *
 		t.Cleanup(func() { cancel(); <-done })
 		p.wa, p.wb = newCutProxy(t, ln.Addr().String()), newCutProxy(t, ln.Addr().String())
 	}
+	for _, o := range opts {
+		o(p)
+	}
 	p.a = p.upNode("a")
 	p.b = p.upNode("b")
 	t.Cleanup(func() {
@@ -98,7 +101,7 @@ func (p *foPair) upNode(node string) *Resource {
 		res.Witness = map[string]string{"a": p.wa.Addr(), "b": p.wb.Addr()}[node]
 	}
 	peer := map[string]string{"a": "b:1", "b": "a:1"}[node]
-	r, err := Up(Options{Res: &res, Node: node, Transport: p.net.Transport(node+":1", peer),
+	r, err := Up(Options{Res: &res, Node: node, Transport: p.net.Transport(node+":1", peer), FaultInjection: p.inject,
 		Handler: func(name, _ string) {
 			p.hmu.Lock()
 			p.handlers = append(p.handlers, node+":"+name)

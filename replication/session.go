@@ -1098,6 +1098,16 @@ func (s *session) teardown() {
 		// the only copy; no new generation, nobody to fence (disk.go).
 		r.fo.fencing.Store(false)
 		r.wakeIO()
+		if r.writable.Load() && r.res.Options.AutoFailover {
+			// No data here any more: give the role and the witness lease
+			// up, so that the peer (if alive) can take over.
+			r.log.Error("Diskless Primary lost its peer: demoting so that the peer can take over (auto-failover)", "peer", r.peer.Name)
+			go func() {
+				if err := r.demote(true, true); err != nil {
+					r.log.Error("demotion of the Diskless Primary", "err", err)
+				}
+			}()
+		}
 	case r.writable.Load() && r.fenceRequired():
 		r.startFencing(false, false)
 	case r.writable.Load():
