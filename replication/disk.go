@@ -21,7 +21,9 @@ package replication
 // the request with EIO, suspend-io holds it until such a peer is back.
 // A Diskless node never promotes (promotion needs UpToDate data), starts no
 // new data generation and fences nobody when its peer goes: every write it
-// answered is on the peer, which stays the only copy.
+// answered is on the peer, which stays the only copy. Under auto-failover
+// a Diskless Primary that loses its peer demotes and releases the witness
+// lease, so that the peer can take over.
 //
 // attach (Attach) opens the replaced disk, which create-md initialized:
 // whatever its metadata says, its data is Inconsistent and every block is
