@@ -22,6 +22,20 @@ package bench
 // After the write phase every block is read back from the export that
 // answered last (the others are tried if it fails) and checked.
 //
+// # Durable writes
+//
+// A fraction of the writes (FUA) carry NBD_CMD_FLAG_FUA, and every
+// FlushEvery answered writes a worker sends a FLUSH. A write is durable
+// once it was answered with FUA, or once a FLUSH sent after its answer, on
+// the same connection, was answered (NBD: FLUSH covers every write the
+// server completed before it; the check does not rely on CAN_MULTI_CONN).
+// Per block the bookkeeping keeps the last durable version beside the last
+// answered one. The read-back requires the last answered version (a process
+// kill keeps the page cache, so even volatile answered writes must
+// survive) and says, for each lost write, whether a durable version was
+// lost too (CheckResult.LostDurable): that is the property that must hold
+// across a power failure, which may drop what was never made durable.
+//
 // # What "two writers" means here
 //
 // The exports are ordered by their first answer; the one that answered
@@ -57,7 +71,7 @@ import (
 const CheckBlockSize = 4096
 
 const (
-	checkMaxBlocks   = 1 << 24 // 64 GiB; bookkeeping: 32 bytes a block
+	checkMaxBlocks   = 1 << 24 // 64 GiB; bookkeeping: 56 bytes a block
 	checkMaxFailures = 10      // described in the result
 	checkReadChunk   = 64      // blocks per read-back request (256 KiB)
 	checkHeader      = 16      // offset + seq
@@ -121,6 +135,9 @@ type CheckConfig struct {
 	// FlushEvery sends a FLUSH after every N answered writes of a worker
 	// (0: never).
 	FlushEvery int
+	// FUA is the fraction of writes sent with NBD_CMD_FLAG_FUA (0..1; 0:
+	// none). Drawn from the seed, so a seed gives the same FUA writes.
+	FUA float64
 	// Seed drives block choice and fill (0: pick one; the result has it).
 	Seed uint64
 	// DialTimeout bounds connect + handshake (0: 2 s).
@@ -185,7 +202,11 @@ type CheckFailure struct {
 	// (since the start).
 	AnsweredBy string        `json:"answered_by,omitempty"`
 	AnsweredAt time.Duration `json:"answered_at_ns"`
-	Detail     string        `json:"detail"`
+	// Durable is the last durable version (0: none); DurableLost says the
+	// block holds something older than it.
+	Durable     uint64 `json:"durable_seq"`
+	DurableLost bool   `json:"durable_lost"`
+	Detail      string `json:"detail"`
 }
 
 func (f CheckFailure) String() string {
@@ -210,6 +231,11 @@ type CheckResult struct {
 	Answered int64 `json:"writes_answered"`
 	Failed   int64 `json:"writes_failed"`
 	Flushes  int64 `json:"flushes_answered"`
+	// FUAWrites counts the answered writes that carried FUA; Durable the
+	// blocks whose last durable version (FUA or flushed) is known.
+	FUA       float64 `json:"fua"`
+	FUAWrites int64   `json:"fua_writes_answered"`
+	Durable   int64   `json:"blocks_durable"`
 	// Switches counts exports answering for the first time after another
 	// one had (client-visible failovers).
 	Switches int             `json:"switches"`
@@ -245,11 +271,14 @@ type CheckResult struct {
 	ReadError  string `json:"read_error,omitempty"`
 
 	// Lost counts blocks missing an answered write (older version,
-	// zeroes, or garbage); Corrupt blocks without an answered write that
-	// hold something no write of this run explains.
-	Lost     int64          `json:"lost"`
-	Corrupt  int64          `json:"corrupt"`
-	Failures []CheckFailure `json:"failures,omitempty"` // the first ones
+	// zeroes, or garbage); LostDurable those of them missing a durable one
+	// too (an answered FUA write, or one answered before an answered
+	// FLUSH); Corrupt blocks without an answered write that hold something
+	// no write of this run explains.
+	Lost        int64          `json:"lost"`
+	LostDurable int64          `json:"lost_durable"`
+	Corrupt     int64          `json:"corrupt"`
+	Failures    []CheckFailure `json:"failures,omitempty"` // the first ones
 }
 
 // ErrCheckFailed is wrapped by CheckResult.Err.
@@ -267,7 +296,7 @@ func (r *CheckResult) Err() error {
 		why = append(why, fmt.Sprintf("read back %d of %d blocks: %s", r.BlocksRead, r.Blocks, r.ReadError))
 	}
 	if r.Lost > 0 {
-		why = append(why, fmt.Sprintf("%d lost writes", r.Lost))
+		why = append(why, fmt.Sprintf("%d lost writes (%d of them durable)", r.Lost, r.LostDurable))
 	}
 	if r.Corrupt > 0 {
 		why = append(why, fmt.Sprintf("%d corrupt blocks", r.Corrupt))
@@ -292,11 +321,12 @@ func (r *CheckResult) WriteJSON(w io.Writer) error {
 func (r *CheckResult) WriteText(w io.Writer) error {
 	var b strings.Builder
 	sec := func(d time.Duration) string { return fmt.Sprintf("%.3fs", d.Seconds()) }
-	fmt.Fprintf(&b, "check:     %d export(s), %d workers, %d blocks of %s (%s), flush-every %d, seed %d\n",
-		len(r.URLs), r.Workers, r.Blocks, FormatSize(int64(r.BlockSize)), humanBytes(r.Blocks*int64(r.BlockSize)), r.FlushEvery, r.Seed)
+	fmt.Fprintf(&b, "check:     %d export(s), %d workers, %d blocks of %s (%s), flush-every %d, fua %g, seed %d\n",
+		len(r.URLs), r.Workers, r.Blocks, FormatSize(int64(r.BlockSize)), humanBytes(r.Blocks*int64(r.BlockSize)), r.FlushEvery, r.FUA, r.Seed)
 	fmt.Fprintf(&b, "start:     %s, write phase %s\n", r.Start.Format(time.RFC3339Nano), sec(r.Duration))
-	fmt.Fprintf(&b, "writes:    %d issued, %d answered, %d failed; %d flushes answered; %d failover(s) seen\n",
-		r.Issued, r.Answered, r.Failed, r.Flushes, r.Switches)
+	fmt.Fprintf(&b, "writes:    %d issued, %d answered (%d with FUA), %d failed; %d flushes answered; %d failover(s) seen\n",
+		r.Issued, r.Answered, r.FUAWrites, r.Failed, r.Flushes, r.Switches)
+	fmt.Fprintf(&b, "durable:   %d blocks hold a durable version (answered with FUA, or before an answered FLUSH)\n", r.Durable)
 	for _, u := range r.PerURL {
 		span := "never answered"
 		if u.Answered > 0 {
@@ -334,7 +364,7 @@ func (r *CheckResult) WriteText(w io.Writer) error {
 	if r.ReadError != "" {
 		fmt.Fprintf(&b, "  read error: %s\n", r.ReadError)
 	}
-	fmt.Fprintf(&b, "lost:      %d answered write(s) missing\n", r.Lost)
+	fmt.Fprintf(&b, "lost:      %d answered write(s) missing, %d of them durable\n", r.Lost, r.LostDurable)
 	fmt.Fprintf(&b, "corrupt:   %d blocks\n", r.Corrupt)
 	for _, f := range r.Failures {
 		fmt.Fprintf(&b, "  %s\n", f)
@@ -359,6 +389,16 @@ type checkRec struct {
 	issued, answered uint64        // sequences; 0: none
 	at               time.Duration // when answered was answered
 	url              int32         // who answered it
+	durableFUA       bool          // durable came from a FUA write (else a FLUSH)
+	durable          uint64        // the last durable version; 0: none
+	durableAt        time.Duration // when it became durable
+}
+
+// unflushed is a write answered on a worker's current connection that no
+// answered FLUSH has covered yet.
+type unflushed struct {
+	block int64
+	seq   uint64
 }
 
 // checkRun is the state of one RunCheck.
@@ -375,6 +415,7 @@ type checkRun struct {
 	mu         sync.Mutex // guards everything below
 	urls       []CheckURLStats
 	answered   int64
+	fuaWrites  int64
 	flushes    int64
 	lastAnswer time.Duration // since the start
 	lastURL    int           // -1: none yet
@@ -482,6 +523,8 @@ func checkConfig(cfg CheckConfig) (CheckConfig, error) {
 		return cfg, bad("--blocks %d (want --workers (%d) .. %d)", cfg.Blocks, cfg.Workers, checkMaxBlocks)
 	case cfg.FlushEvery < 0:
 		return cfg, bad("--flush-every %d", cfg.FlushEvery)
+	case !(cfg.FUA >= 0 && cfg.FUA <= 1): // NaN too
+		return cfg, bad("--fua %g (want 0..1)", cfg.FUA)
 	case cfg.RequestTimeout < 0:
 		return cfg, bad("negative request timeout")
 	}
@@ -557,6 +600,9 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 			_ = c.Close()
 		}
 	}()
+	// pending: writes answered on c since its last answered FLUSH. A
+	// FLUSH on another connection is not counted as covering them.
+	var pending []unflushed
 	url := 0
 	next := func(err error) {
 		r.failure(ctx, url, err)
@@ -564,6 +610,7 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 			_ = c.Close()
 			c = nil
 		}
+		pending = pending[:0]
 		url = (url + 1) % len(r.targets)
 		sleepCtx(ctx, cfg.RetryPause)
 	}
@@ -596,17 +643,35 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 		rec := &r.recs[b]
 		rec.issued = seq
 		MakeCheckBlock(buf, off, seq, rng)
+		// Drawn only with a FUA fraction, so a seed without one writes
+		// what it always wrote.
+		var flags uint16
+		if cfg.FUA > 0 && rng.Float64() < cfg.FUA {
+			flags = nbd.CmdFlagFUA
+		}
 		r.issued.Add(1)
 		started := time.Since(r.start)
 		cl := c
-		if err := r.guard(ctx, cl, func() error { _, err := cl.WriteAt(buf, off); return err }); err != nil {
+		err := r.guard(ctx, cl, func() error { return cl.WriteAtFlags(buf, off, flags) })
+		if errors.Is(err, nbd.ErrUnsupported) && flags != 0 {
+			r.gate.RUnlock()
+			r.setFatal(fmt.Errorf("%w: --fua: %s does not support FUA", ErrConfig, r.targets[url].url))
+			cancel()
+			return
+		}
+		if err != nil {
 			r.failed.Add(1)
 			r.gate.RUnlock()
 			next(fmt.Errorf("write: %w", err))
 			continue
 		}
 		rec.answered, rec.url = seq, int32(url)
-		rec.at = r.answer(url, started, b, seq)
+		rec.at = r.answer(url, started, b, seq, flags != 0)
+		if flags != 0 {
+			rec.durable, rec.durableAt, rec.durableFUA = seq, rec.at, true
+		} else {
+			pending = append(pending, unflushed{b, seq})
+		}
 		writes++
 		if cfg.FlushEvery > 0 && writes%cfg.FlushEvery == 0 {
 			err := r.guard(ctx, cl, cl.Flush)
@@ -621,6 +686,16 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 				next(fmt.Errorf("flush: %w", err))
 				continue
 			}
+			at := time.Since(r.start)
+			// Every write in pending was answered before this FLUSH was
+			// sent, on this connection: durable now (unless a later
+			// version of the block already is).
+			for _, u := range pending {
+				if rec := &r.recs[u.block]; rec.durable < u.seq {
+					rec.durable, rec.durableAt, rec.durableFUA = u.seq, at, false
+				}
+			}
+			pending = pending[:0]
 			r.mu.Lock()
 			r.flushes++
 			r.urls[url].Flushes++
@@ -656,11 +731,14 @@ func (r *checkRun) failure(ctx context.Context, i int, err error) {
 // answer records that export i answered the write of seq to block b issued
 // at started, and returns when (since the start). The time is taken under
 // the lock, so answers are recorded in time order.
-func (r *checkRun) answer(i int, started time.Duration, b int64, seq uint64) time.Duration {
+func (r *checkRun) answer(i int, started time.Duration, b int64, seq uint64, fua bool) time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	at := time.Since(r.start)
 	r.noteAnswerLocked(i, started, at, b, seq)
+	if fua {
+		r.fuaWrites++
+	}
 	return at
 }
 
@@ -722,12 +800,20 @@ func (r *checkRun) result() *CheckResult {
 		}
 		return r.targets[i].url
 	}
+	var durable int64
+	for i := range r.recs {
+		if r.recs[i].durable != 0 {
+			durable++
+		}
+	}
 	return &CheckResult{
+		Durable:           durable,
 		URLs:              append([]string(nil), r.cfg.URLs...),
 		Workers:           r.cfg.Workers,
 		Blocks:            r.cfg.Blocks,
 		BlockSize:         CheckBlockSize,
 		FlushEvery:        r.cfg.FlushEvery,
+		FUA:               r.cfg.FUA,
 		Seed:              r.cfg.Seed,
 		Start:             r.start,
 		Duration:          r.end,
@@ -736,6 +822,7 @@ func (r *checkRun) result() *CheckResult {
 		Answered:          r.answered,
 		Failed:            r.failed.Load(),
 		Flushes:           r.flushes,
+		FUAWrites:         r.fuaWrites,
 		Switches:          r.switches,
 		PerURL:            append([]CheckURLStats(nil), r.urls...),
 		LongestGap:        r.gap,
@@ -818,20 +905,38 @@ func (r *checkRun) writeName(seq uint64) string {
 
 // checkBlock checks block b's content against its bookkeeping: it must
 // hold a version in [answered, issued]; with nothing answered it may also
-// hold zeroes (the write never landed).
+// hold zeroes (the write never landed). A lost write is also a lost
+// durable one when the block holds something older than its last durable
+// version.
 func (r *checkRun) checkBlock(res *CheckResult, b int64, data []byte) {
 	res.BlocksRead++
 	rec := r.recs[b]
 	off := b * CheckBlockSize
 	seq, ok := ParseCheckBlock(data, off)
 	zero := bytes.Equal(data, zeroBlock[:])
-	f := CheckFailure{Block: b, Offset: off, Found: seq, FoundValid: ok, Zero: zero, Answered: rec.answered, Issued: rec.issued}
+	f := CheckFailure{Block: b, Offset: off, Found: seq, FoundValid: ok, Zero: zero, Answered: rec.answered, Issued: rec.issued,
+		Durable: rec.durable}
 	if rec.answered != 0 {
 		f.AnsweredBy = r.targets[rec.url].url
 		f.AnsweredAt = rec.at
 	}
 	answeredBy := func() string {
-		return fmt.Sprintf("%s was answered by %s at %.3fs", r.writeName(rec.answered), f.AnsweredBy, f.AnsweredAt.Seconds())
+		s := fmt.Sprintf("%s was answered by %s at %.3fs", r.writeName(rec.answered), f.AnsweredBy, f.AnsweredAt.Seconds())
+		switch {
+		case rec.durable == 0:
+			s += "; no durable version"
+		case rec.durable == rec.answered && rec.durableFUA:
+			s += " with FUA (durable)"
+		case rec.durable == rec.answered:
+			s += fmt.Sprintf(" and flushed at %.3fs (durable)", rec.durableAt.Seconds())
+		default:
+			how := "flushed"
+			if rec.durableFUA {
+				how = "FUA"
+			}
+			s += fmt.Sprintf("; the last durable one is %s (%s at %.3fs)", r.writeName(rec.durable), how, rec.durableAt.Seconds())
+		}
+		return s
 	}
 	switch {
 	case rec.issued == 0:
@@ -848,17 +953,23 @@ func (r *checkRun) checkBlock(res *CheckResult, b int64, data []byte) {
 		return // the only write(s) never got an answer and never landed
 	case ok && seq < rec.answered:
 		f.Kind, f.Detail = "lost", fmt.Sprintf("holds %s, older than the answered one: %s", r.writeName(seq), answeredBy())
+		f.DurableLost = seq < rec.durable
 	case ok: // seq > issued
 		f.Kind, f.Detail = "corrupt", fmt.Sprintf("holds %s, newer than the last one issued, %s (another writer?)", r.writeName(seq), r.writeName(rec.issued))
 	case rec.answered != 0 && zero:
 		f.Kind, f.Detail = "lost", "holds zeroes: "+answeredBy()
+		f.DurableLost = rec.durable != 0
 	case rec.answered != 0:
 		f.Kind, f.Detail = "lost", "fails its checksum or offset (torn, corrupt or misdirected): "+answeredBy()
+		f.DurableLost = rec.durable != 0
 	default:
 		f.Kind, f.Detail = "corrupt", fmt.Sprintf("fails its checksum or offset and is not zeroes; no write to it was answered (last issued: %s)", r.writeName(rec.issued))
 	}
 	if f.Kind == "lost" {
 		res.Lost++
+		if f.DurableLost {
+			res.LostDurable++
+		}
 	} else {
 		res.Corrupt++
 	}

@@ -46,12 +46,14 @@ type Config struct {
 	// Protocol is the replication protocol ("C"; "A" to see the harness
 	// catch lost writes).
 	Protocol string
-	// Size of each backing file (0: 64 MiB); Workers, Blocks (4 KiB) and
-	// FlushEvery shape the write load (0: 4, 4096, 16).
+	// Size of each backing file (0: 64 MiB); Workers, Blocks (4 KiB),
+	// FlushEvery and FUA (the fraction of writes with FUA) shape the write
+	// load (0: 4, 4096, 16, 0.1; a negative FUA: none).
 	Size       int64
 	Workers    int
 	Blocks     int64
 	FlushEvery int
+	FUA        float64
 	// SettleTimeout bounds how long a healed pair may take to be
 	// connected, in sync and with one Primary (0: 90 s).
 	SettleTimeout time.Duration
@@ -154,6 +156,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.FlushEvery == 0 {
 		cfg.FlushEvery = 16
 	}
+	switch {
+	case cfg.FUA == 0:
+		cfg.FUA = 0.1
+	case cfg.FUA < 0:
+		cfg.FUA = 0
+	}
 	if cfg.SettleTimeout == 0 {
 		cfg.SettleTimeout = 90 * time.Second
 	}
@@ -215,7 +223,7 @@ func (r *runner) run(ctx context.Context, dir string) error {
 	}
 	k, err := bench.StartChecker(ctx, bench.CheckConfig{
 		URLs: []string{c.url("alpha"), c.url("beta")}, Workers: r.cfg.Workers, Blocks: r.cfg.Blocks,
-		FlushEvery: r.cfg.FlushEvery, Seed: r.cfg.Seed | 1, DialTimeout: time.Second,
+		FlushEvery: r.cfg.FlushEvery, FUA: r.cfg.FUA, Seed: r.cfg.Seed | 1, DialTimeout: time.Second,
 		RequestTimeout: 5 * time.Second, ReadTimeout: 20 * time.Second, RetryPause: 50 * time.Millisecond,
 	})
 	if err != nil {
@@ -223,8 +231,8 @@ func (r *runner) run(ctx context.Context, dir string) error {
 	}
 	r.k = k
 	defer k.Stop()
-	fmt.Fprintf(r.out, "chaos: pair up and in sync after %.1fs; alpha is Primary; write load running (%d workers, %d blocks, flush every %d)\n",
-		r.since().Seconds(), r.cfg.Workers, r.cfg.Blocks, r.cfg.FlushEvery)
+	fmt.Fprintf(r.out, "chaos: pair up and in sync after %.1fs; alpha is Primary; write load running (%d workers, %d blocks, flush every %d, FUA %g)\n",
+		r.since().Seconds(), r.cfg.Workers, r.cfg.Blocks, r.cfg.FlushEvery, r.cfg.FUA)
 
 	n := r.cfg.Faults
 	if n <= 0 {
@@ -643,7 +651,7 @@ func checkProblems(res *bench.CheckResult, prevOld int64) []string {
 		out = append(out, fmt.Sprintf("read back %d of %d blocks: %s", res.BlocksRead, res.Blocks, res.ReadError))
 	}
 	if res.Lost > 0 {
-		s := fmt.Sprintf("%d acknowledged writes lost", res.Lost)
+		s := fmt.Sprintf("%d acknowledged writes lost (%d of them durable)", res.Lost, res.LostDurable)
 		if len(res.Failures) > 0 {
 			s += " (first: " + res.Failures[0].String() + ")"
 		}
@@ -709,10 +717,10 @@ func (r *runner) summary() {
 	rep := r.rep
 	fmt.Fprintf(r.out, "chaos: %d faults in %.1fs, seed %d, protocol %s\n", len(rep.Faults), rep.Elapsed.Seconds(), rep.Seed, rep.Protocol)
 	if f := rep.Final; f != nil {
-		fmt.Fprintf(r.out, "chaos: writes %d issued, %d answered, %d failed, %d flushes; %d failovers seen by the client; longest gap %.3fs\n",
-			f.Issued, f.Answered, f.Failed, f.Flushes, f.Switches, f.LongestGap.Seconds())
-		fmt.Fprintf(r.out, "chaos: final read-back %d blocks: %d lost, %d corrupt; %d two-writer answers, %d late answers\n",
-			f.BlocksRead, f.Lost, f.Corrupt, f.OldPrimaryAnswers, f.LateAnswers)
+		fmt.Fprintf(r.out, "chaos: writes %d issued, %d answered (%d with FUA), %d failed, %d flushes; %d failovers seen by the client; longest gap %.3fs\n",
+			f.Issued, f.Answered, f.FUAWrites, f.Failed, f.Flushes, f.Switches, f.LongestGap.Seconds())
+		fmt.Fprintf(r.out, "chaos: final read-back %d blocks: %d lost (%d durable), %d corrupt; %d two-writer answers, %d late answers\n",
+			f.BlocksRead, f.Lost, f.LostDurable, f.Corrupt, f.OldPrimaryAnswers, f.LateAnswers)
 	}
 	if rep.OK() {
 		fmt.Fprintf(r.out, "chaos: PASS: no acknowledged write lost, never two writers, replicas identical after every fault, no stale promotion, no daemon crash\n")

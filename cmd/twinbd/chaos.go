@@ -18,7 +18,7 @@ import (
 // newChaosCmd is `twinbd chaos`: the randomized fault-injection harness
 // (docs/chaos.md).
 func newChaosCmd() *cobra.Command {
-	cfg := chaos.Config{Duration: 2 * time.Minute, Protocol: "C"}
+	cfg := chaos.Config{Duration: 2 * time.Minute, Protocol: "C", FUA: 0.1}
 	var asJSON bool
 	var kinds, size string
 	cmd := &cobra.Command{
@@ -27,7 +27,8 @@ func newChaosCmd() *cobra.Command {
 		Long: `Run a pair (alpha, beta) and a witness on loopback from this binary, with
 file-backed disks in a run directory and every link (the peer link, each
 node's witness link) through an in-process fault proxy. A write load of
-self-identifying blocks (as bench check) runs all the time and follows the
+self-identifying blocks (as bench check: FLUSH every --flush-every writes,
+a --fua fraction of the writes with FUA) runs all the time and follows the
 Primary. A schedule of faults drawn from --seed is injected one at a time,
 each held for a random time and then healed: kill -9 of a node (restarted:
 daemon + up) or of the witness (restarted), SIGSTOP/SIGCONT of a node,
@@ -58,6 +59,9 @@ run in a temporary directory and kept, with its path printed, otherwise.`,
 			}
 			if cfg.Size, err = bench.ParseSize(size); err != nil {
 				return err
+			}
+			if cfg.FUA == 0 {
+				cfg.FUA = -1 // none (chaos.Config's 0 is the default)
 			}
 			if cfg.Binary == "" {
 				if cfg.Binary, err = os.Executable(); err != nil {
@@ -93,6 +97,7 @@ run in a temporary directory and kept, with its path printed, otherwise.`,
 	f.IntVar(&cfg.Workers, "workers", 4, "writers of the load, one write in flight each")
 	f.Int64Var(&cfg.Blocks, "blocks", 4096, "working set of the load in 4 KiB blocks")
 	f.IntVar(&cfg.FlushEvery, "flush-every", 16, "FLUSH after every N answered writes of each worker")
+	f.Float64Var(&cfg.FUA, "fua", cfg.FUA, "fraction of the load's writes sent with FUA (0..1)")
 	f.DurationVar(&cfg.SettleTimeout, "settle-timeout", 90*time.Second, "how long a healed pair may take to be connected, in sync, with one Primary")
 	f.BoolVar(&cfg.KeepGoing, "keep-going", false, "go on after a failed check")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON on stdout (the fault lines go to stderr)")
