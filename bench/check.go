@@ -138,6 +138,10 @@ type CheckConfig struct {
 	// FUA is the fraction of writes sent with NBD_CMD_FLAG_FUA (0..1; 0:
 	// none). Drawn from the seed, so a seed gives the same FUA writes.
 	FUA float64
+	// Readers read random runs of blocks while the writes run and check
+	// each block at once (checkread.go: no stale read, nothing never
+	// written, reads never go backwards). 0: none.
+	Readers int
 	// Seed drives block choice and fill (0: pick one; the result has it).
 	Seed uint64
 	// DialTimeout bounds connect + handshake (0: 2 s).
@@ -270,6 +274,24 @@ type CheckResult struct {
 	Untouched  int64  `json:"blocks_untouched"`
 	ReadError  string `json:"read_error,omitempty"`
 
+	// Readers is the number of live readers; Reads the reads they got
+	// answered, ReadBlocks the blocks in them, ReadsFailed the dials and
+	// reads that failed. StaleReads, BackwardReads and CorruptReads break
+	// checkread.go's properties; VanishedReads counts versions of writes
+	// never answered that a read saw and a later one did not (allowed),
+	// TornReads blocks read while a write to them was in flight that were
+	// a mix (allowed: NBD leaves overlapping requests undefined).
+	Readers       int           `json:"readers"`
+	Reads         int64         `json:"reads"`
+	ReadBlocks    int64         `json:"read_blocks"`
+	ReadsFailed   int64         `json:"reads_failed"`
+	StaleReads    int64         `json:"stale_reads"`
+	BackwardReads int64         `json:"backward_reads"`
+	CorruptReads  int64         `json:"corrupt_reads"`
+	VanishedReads int64         `json:"vanished_reads"`
+	TornReads     int64         `json:"torn_reads"`
+	ReadFailures  []ReadFailure `json:"read_failures,omitempty"` // the first ones
+
 	// Lost counts blocks missing an answered write (older version,
 	// zeroes, or garbage); LostDurable those of them missing a durable one
 	// too (an answered FUA write, or one answered before an answered
@@ -300,6 +322,9 @@ func (r *CheckResult) Err() error {
 	}
 	if r.Corrupt > 0 {
 		why = append(why, fmt.Sprintf("%d corrupt blocks", r.Corrupt))
+	}
+	if n := r.StaleReads + r.BackwardReads + r.CorruptReads; n > 0 {
+		why = append(why, fmt.Sprintf("%d bad reads during the load (%d stale, %d backward, %d corrupt)", n, r.StaleReads, r.BackwardReads, r.CorruptReads))
 	}
 	if r.OldPrimaryAnswers > 0 {
 		why = append(why, fmt.Sprintf("%d answers from the old Primary after the new one started (two writers)", r.OldPrimaryAnswers))
@@ -352,6 +377,13 @@ func (r *CheckResult) WriteText(w io.Writer) error {
 	for _, d := range r.OldPrimaryDetails {
 		fmt.Fprintf(&b, "  %s\n", d)
 	}
+	if r.Readers > 0 {
+		fmt.Fprintf(&b, "reads:     %d readers: %d reads answered (%d blocks), %d failed; %d stale, %d backward, %d corrupt; %d unanswered versions vanished, %d torn by a write in flight\n",
+			r.Readers, r.Reads, r.ReadBlocks, r.ReadsFailed, r.StaleReads, r.BackwardReads, r.CorruptReads, r.VanishedReads, r.TornReads)
+		for _, f := range r.ReadFailures {
+			fmt.Fprintf(&b, "  %s\n", f)
+		}
+	}
 	switch {
 	case r.Answered == 0:
 		fmt.Fprintf(&b, "read back: nothing (no write was answered)\n")
@@ -384,8 +416,9 @@ type checkTarget struct {
 }
 
 // checkRec is the bookkeeping of one block, written only by its worker
-// during the write phase.
+// (under checkRun.recMu, which the readers take to read it).
 type checkRec struct {
+	inflight         bool          // a write of issued is in flight
 	issued, answered uint64        // sequences; 0: none
 	at               time.Duration // when answered was answered
 	url              int32         // who answered it
@@ -436,10 +469,17 @@ type checkRun struct {
 	// starts a new epoch, so there it means "answered at all".
 	epochSeen []bool
 
-	// gate: workers hold it shared around each write (and its flush), so
-	// Checker.Pause (exclusive) waits for the writes in flight and holds
-	// new ones back.
+	// gate: workers hold it shared around each write (and its flush),
+	// readers around each read, so Checker.Pause (exclusive) waits for the
+	// requests in flight and holds new ones back.
 	gate sync.RWMutex
+
+	// recMu guards recs, seen, failedSeqs and rd: workers write their
+	// blocks' records under it, readers read them under it.
+	recMu      sync.Mutex
+	seen       []checkSeen        // per block; nil without readers
+	failedSeqs map[int64][]uint64 // per block: versions whose write failed
+	rd         checkReads
 }
 
 // RunCheck writes for cfg.Duration (or until ctx is done), then reads every
@@ -474,6 +514,9 @@ func RunCheck(ctx context.Context, cfg CheckConfig) (*CheckResult, error) {
 	var wg sync.WaitGroup
 	for w := range cfg.Workers {
 		wg.Go(func() { r.worker(wctx, cancel, w) })
+	}
+	for i := range cfg.Readers {
+		wg.Go(func() { r.reader(wctx, i) })
 	}
 	wg.Wait()
 	cancel()
@@ -525,6 +568,8 @@ func checkConfig(cfg CheckConfig) (CheckConfig, error) {
 		return cfg, bad("--flush-every %d", cfg.FlushEvery)
 	case !(cfg.FUA >= 0 && cfg.FUA <= 1): // NaN too
 		return cfg, bad("--fua %g (want 0..1)", cfg.FUA)
+	case cfg.Readers < 0 || cfg.Readers > 4096:
+		return cfg, bad("--readers %d (want 0..4096)", cfg.Readers)
 	case cfg.RequestTimeout < 0:
 		return cfg, bad("negative request timeout")
 	}
@@ -547,6 +592,10 @@ func newCheckRun(cfg CheckConfig) (*checkRun, error) {
 		r.cfg.Seed = rand.Uint64() | 1
 	}
 	r.recs = make([]checkRec, cfg.Blocks)
+	r.failedSeqs = map[int64][]uint64{}
+	if cfg.Readers > 0 {
+		r.seen = make([]checkSeen, cfg.Blocks)
+	}
 	return r, nil
 }
 
@@ -641,7 +690,9 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 		off := b * CheckBlockSize
 		seq := r.seq.Add(1)
 		rec := &r.recs[b]
-		rec.issued = seq
+		r.recMu.Lock()
+		rec.issued, rec.inflight = seq, true
+		r.recMu.Unlock()
 		MakeCheckBlock(buf, off, seq, rng)
 		// Drawn only with a FUA fraction, so a seed without one writes
 		// what it always wrote.
@@ -653,6 +704,12 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 		started := time.Since(r.start)
 		cl := c
 		err := r.guard(ctx, cl, func() error { return cl.WriteAtFlags(buf, off, flags) })
+		if err != nil {
+			r.recMu.Lock()
+			rec.inflight = false
+			r.writeDoneLocked(b, seq, false)
+			r.recMu.Unlock()
+		}
 		if errors.Is(err, nbd.ErrUnsupported) && flags != 0 {
 			r.gate.RUnlock()
 			r.setFatal(fmt.Errorf("%w: --fua: %s does not support FUA", ErrConfig, r.targets[url].url))
@@ -665,11 +722,15 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 			next(fmt.Errorf("write: %w", err))
 			continue
 		}
-		rec.answered, rec.url = seq, int32(url)
-		rec.at = r.answer(url, started, b, seq, flags != 0)
+		at := r.answer(url, started, b, seq, flags != 0)
+		r.recMu.Lock()
+		rec.answered, rec.url, rec.at, rec.inflight = seq, int32(url), at, false
 		if flags != 0 {
-			rec.durable, rec.durableAt, rec.durableFUA = seq, rec.at, true
-		} else {
+			rec.durable, rec.durableAt, rec.durableFUA = seq, at, true
+		}
+		r.writeDoneLocked(b, seq, true)
+		r.recMu.Unlock()
+		if flags == 0 {
 			pending = append(pending, unflushed{b, seq})
 		}
 		writes++
@@ -690,11 +751,13 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 			// Every write in pending was answered before this FLUSH was
 			// sent, on this connection: durable now (unless a later
 			// version of the block already is).
+			r.recMu.Lock()
 			for _, u := range pending {
 				if rec := &r.recs[u.block]; rec.durable < u.seq {
 					rec.durable, rec.durableAt, rec.durableFUA = u.seq, at, false
 				}
 			}
+			r.recMu.Unlock()
 			pending = pending[:0]
 			r.mu.Lock()
 			r.flushes++
@@ -801,12 +864,14 @@ func (r *checkRun) result() *CheckResult {
 		return r.targets[i].url
 	}
 	var durable int64
+	r.recMu.Lock()
 	for i := range r.recs {
 		if r.recs[i].durable != 0 {
 			durable++
 		}
 	}
-	return &CheckResult{
+	r.recMu.Unlock()
+	res := &CheckResult{
 		Durable:           durable,
 		URLs:              append([]string(nil), r.cfg.URLs...),
 		Workers:           r.cfg.Workers,
@@ -834,6 +899,8 @@ func (r *checkRun) result() *CheckResult {
 		OldPrimaryDetails: append([]string(nil), r.oldDetails...),
 		LateAnswers:       r.late,
 	}
+	r.fillReads(res)
+	return res
 }
 
 // readBack reads every block from export url (the one that answered
@@ -884,9 +951,11 @@ func (r *checkRun) readBack(ctx context.Context, res *CheckResult, url int) {
 			next(fmt.Errorf("%s: read: %w", r.targets[url].url, err))
 			continue
 		}
+		r.recMu.Lock()
 		for j := range k {
 			r.checkBlock(res, b+j, p[j*CheckBlockSize:(j+1)*CheckBlockSize])
 		}
+		r.recMu.Unlock()
 		b += k
 		progress = time.Now()
 	}
@@ -1010,6 +1079,9 @@ func StartChecker(ctx context.Context, cfg CheckConfig) (*Checker, error) {
 	k := &Checker{r: r, cancel: cancel}
 	for w := range cfg.Workers {
 		k.wg.Go(func() { r.worker(wctx, cancel, w) })
+	}
+	for i := range cfg.Readers {
+		k.wg.Go(func() { r.reader(wctx, i) })
 	}
 	return k, nil
 }

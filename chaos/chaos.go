@@ -54,6 +54,9 @@ type Config struct {
 	Blocks     int64
 	FlushEvery int
 	FUA        float64
+	// Readers read blocks during the load and check every one at once
+	// (bench/checkread.go; 0: 2, negative: none).
+	Readers int
 	// SettleTimeout bounds how long a healed pair may take to be
 	// connected, in sync and with one Primary (0: 90 s).
 	SettleTimeout time.Duration
@@ -113,7 +116,7 @@ type runner struct {
 	primary string
 	out     io.Writer
 	rep     *Report
-	oldPrim int64 // two-writer answers seen so far
+	seen    seenSoFar // what earlier checks already reported
 	ctx     context.Context
 }
 
@@ -161,6 +164,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.FUA = 0.1
 	case cfg.FUA < 0:
 		cfg.FUA = 0
+	}
+	switch {
+	case cfg.Readers == 0:
+		cfg.Readers = 2
+	case cfg.Readers < 0:
+		cfg.Readers = 0
 	}
 	if cfg.SettleTimeout == 0 {
 		cfg.SettleTimeout = 90 * time.Second
@@ -223,7 +232,7 @@ func (r *runner) run(ctx context.Context, dir string) error {
 	}
 	k, err := bench.StartChecker(ctx, bench.CheckConfig{
 		URLs: []string{c.url("alpha"), c.url("beta")}, Workers: r.cfg.Workers, Blocks: r.cfg.Blocks,
-		FlushEvery: r.cfg.FlushEvery, FUA: r.cfg.FUA, Seed: r.cfg.Seed | 1, DialTimeout: time.Second,
+		FlushEvery: r.cfg.FlushEvery, FUA: r.cfg.FUA, Readers: r.cfg.Readers, Seed: r.cfg.Seed | 1, DialTimeout: time.Second,
 		RequestTimeout: 5 * time.Second, ReadTimeout: 20 * time.Second, RetryPause: 50 * time.Millisecond,
 	})
 	if err != nil {
@@ -231,8 +240,8 @@ func (r *runner) run(ctx context.Context, dir string) error {
 	}
 	r.k = k
 	defer k.Stop()
-	fmt.Fprintf(r.out, "chaos: pair up and in sync after %.1fs; alpha is Primary; write load running (%d workers, %d blocks, flush every %d, FUA %g)\n",
-		r.since().Seconds(), r.cfg.Workers, r.cfg.Blocks, r.cfg.FlushEvery, r.cfg.FUA)
+	fmt.Fprintf(r.out, "chaos: pair up and in sync after %.1fs; alpha is Primary; load running (%d writers, %d blocks, flush every %d, FUA %g; %d readers)\n",
+		r.since().Seconds(), r.cfg.Workers, r.cfg.Blocks, r.cfg.FlushEvery, r.cfg.FUA, r.cfg.Readers)
 
 	n := r.cfg.Faults
 	if n <= 0 {
@@ -259,10 +268,8 @@ func (r *runner) run(ctx context.Context, dir string) error {
 	res, err := k.Verify(context.WithoutCancel(ctx), nodeIndex(r.primary))
 	if err == nil {
 		r.rep.Final = res
-		if res.Lost > 0 || res.Corrupt > 0 || res.ReadError != "" || res.OldPrimaryAnswers > r.oldPrim {
-			if r.rep.OK() { // else the fault's problems already say it
-				r.rep.Problems = append(r.rep.Problems, "final check: "+checkProblems(res, r.oldPrim)[0])
-			}
+		if ps := checkProblems(res, r.seen); len(ps) > 0 && r.rep.OK() { // else the fault's problems already say it
+			r.rep.Problems = append(r.rep.Problems, "final check: "+ps[0])
 		}
 	} else {
 		r.rep.Problems = append(r.rep.Problems, "final check: "+err.Error())
@@ -591,10 +598,10 @@ func (r *runner) midCheck(ctx context.Context, fr *FaultResult, survivor string)
 		return []string{"check after failover: " + err.Error()}
 	}
 	var out []string
-	for _, p := range checkProblems(res, r.oldPrim) {
+	for _, p := range checkProblems(res, r.seen) {
 		out = append(out, "right after failover to "+survivor+": "+p)
 	}
-	r.oldPrim = res.OldPrimaryAnswers
+	r.seen = seenIn(res)
 	fr.Lost = res.Lost
 	fr.Notes = append(fr.Notes, fmt.Sprintf("checked on %s right after the failover: %d lost", survivor, res.Lost))
 	return out
@@ -635,17 +642,32 @@ func (r *runner) check(ctx context.Context, fr *FaultResult) []string {
 		return append(problems, "check: "+err.Error())
 	}
 	fr.Answered, fr.Lost = res.Answered, max(fr.Lost, res.Lost)
-	problems = append(problems, checkProblems(res, r.oldPrim)...)
-	r.oldPrim = res.OldPrimaryAnswers
+	problems = append(problems, checkProblems(res, r.seen)...)
+	r.seen = seenIn(res)
 	for _, cr := range c.takeCrashes() {
 		problems = append(problems, "daemon crash: "+cr)
 	}
 	return problems
 }
 
-// checkProblems says what a check found wrong (answers from an old
-// Primary are counted from prevOld on).
-func checkProblems(res *bench.CheckResult, prevOld int64) []string {
+// seenSoFar is what the checks so far counted of the run-wide counters
+// (the checker's counters are since the start; a check reports what is new).
+type seenSoFar struct {
+	oldPrimary int64 // two-writer answers
+	badReads   int64 // stale, backward and corrupt live reads
+}
+
+func seenIn(res *bench.CheckResult) seenSoFar {
+	return seenSoFar{oldPrimary: res.OldPrimaryAnswers, badReads: badReads(res)}
+}
+
+func badReads(res *bench.CheckResult) int64 {
+	return res.StaleReads + res.BackwardReads + res.CorruptReads
+}
+
+// checkProblems says what a check found wrong (two-writer answers and bad
+// live reads are counted from prev on).
+func checkProblems(res *bench.CheckResult, prev seenSoFar) []string {
 	var out []string
 	if res.ReadError != "" {
 		out = append(out, fmt.Sprintf("read back %d of %d blocks: %s", res.BlocksRead, res.Blocks, res.ReadError))
@@ -660,10 +682,18 @@ func checkProblems(res *bench.CheckResult, prevOld int64) []string {
 	if res.Corrupt > 0 {
 		out = append(out, fmt.Sprintf("%d corrupt blocks", res.Corrupt))
 	}
-	if res.OldPrimaryAnswers > prevOld {
-		s := fmt.Sprintf("two writers: %d answers from the old Primary after the new one answered", res.OldPrimaryAnswers-prevOld)
+	if res.OldPrimaryAnswers > prev.oldPrimary {
+		s := fmt.Sprintf("two writers: %d answers from the old Primary after the new one answered", res.OldPrimaryAnswers-prev.oldPrimary)
 		if len(res.OldPrimaryDetails) > 0 {
 			s += " (" + res.OldPrimaryDetails[len(res.OldPrimaryDetails)-1] + ")"
+		}
+		out = append(out, s)
+	}
+	if n := badReads(res); n > prev.badReads {
+		s := fmt.Sprintf("%d bad reads during the load (%d stale, %d backward, %d corrupt since the start)",
+			n-prev.badReads, res.StaleReads, res.BackwardReads, res.CorruptReads)
+		if len(res.ReadFailures) > 0 {
+			s += " (" + res.ReadFailures[len(res.ReadFailures)-1].String() + ")"
 		}
 		out = append(out, s)
 	}
@@ -719,11 +749,13 @@ func (r *runner) summary() {
 	if f := rep.Final; f != nil {
 		fmt.Fprintf(r.out, "chaos: writes %d issued, %d answered (%d with FUA), %d failed, %d flushes; %d failovers seen by the client; longest gap %.3fs\n",
 			f.Issued, f.Answered, f.FUAWrites, f.Failed, f.Flushes, f.Switches, f.LongestGap.Seconds())
+		fmt.Fprintf(r.out, "chaos: reads during the load %d (%d blocks): %d stale, %d backward, %d corrupt; %d unanswered versions vanished, %d torn by a write in flight\n",
+			f.Reads, f.ReadBlocks, f.StaleReads, f.BackwardReads, f.CorruptReads, f.VanishedReads, f.TornReads)
 		fmt.Fprintf(r.out, "chaos: final read-back %d blocks: %d lost (%d durable), %d corrupt; %d two-writer answers, %d late answers\n",
 			f.BlocksRead, f.Lost, f.LostDurable, f.Corrupt, f.OldPrimaryAnswers, f.LateAnswers)
 	}
 	if rep.OK() {
-		fmt.Fprintf(r.out, "chaos: PASS: no acknowledged write lost, never two writers, replicas identical after every fault, no stale promotion, no daemon crash\n")
+		fmt.Fprintf(r.out, "chaos: PASS: no acknowledged write lost, no read went backwards, never two writers, replicas identical after every fault, no stale promotion, no daemon crash\n")
 	} else {
 		for _, p := range rep.Problems {
 			fmt.Fprintf(r.out, "chaos: FAIL: %s\n", p)

@@ -29,7 +29,10 @@ file-backed disks in a run directory and every link (the peer link, each
 node's witness link) through an in-process fault proxy. A write load of
 self-identifying blocks (as bench check: FLUSH every --flush-every writes,
 a --fua fraction of the writes with FUA) runs all the time and follows the
-Primary. A schedule of faults drawn from --seed is injected one at a time,
+Primary; --readers read blocks meanwhile and check each one at once: no
+read returns older than a write answered before it was sent, and no read
+goes back from a version an earlier read returned once that version's
+write is answered. A schedule of faults drawn from --seed is injected one at a time,
 each held for a random time and then healed: kill -9 of a node (restarted:
 daemon + up) or of the witness (restarted), SIGSTOP/SIGCONT of a node,
 partitions of a link in one direction or both, delay and loss on a link,
@@ -62,6 +65,9 @@ run in a temporary directory and kept, with its path printed, otherwise.`,
 			}
 			if cfg.FUA == 0 {
 				cfg.FUA = -1 // none (chaos.Config's 0 is the default)
+			}
+			if cfg.Readers == 0 {
+				cfg.Readers = -1
 			}
 			if cfg.Binary == "" {
 				if cfg.Binary, err = os.Executable(); err != nil {
@@ -98,6 +104,7 @@ run in a temporary directory and kept, with its path printed, otherwise.`,
 	f.Int64Var(&cfg.Blocks, "blocks", 4096, "working set of the load in 4 KiB blocks")
 	f.IntVar(&cfg.FlushEvery, "flush-every", 16, "FLUSH after every N answered writes of each worker")
 	f.Float64Var(&cfg.FUA, "fua", cfg.FUA, "fraction of the load's writes sent with FUA (0..1)")
+	f.IntVar(&cfg.Readers, "readers", 2, "readers that read blocks during the load and check each one (no stale read, reads never go backwards)")
 	f.DurationVar(&cfg.SettleTimeout, "settle-timeout", 90*time.Second, "how long a healed pair may take to be connected, in sync, with one Primary")
 	f.BoolVar(&cfg.KeepGoing, "keep-going", false, "go on after a failed check")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON on stdout (the fault lines go to stderr)")
