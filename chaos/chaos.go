@@ -1,14 +1,16 @@
 // Package chaos is `twinbd chaos`: a randomized fault-injection harness.
 // It runs a pair and a witness on loopback (the current binary, re-executed)
-// with every link through an in-process fault proxy, keeps a write load
-// running that follows the Primary (bench.Checker), injects a seeded
-// schedule of faults (kill -9 of a node or the witness, SIGSTOP of a node,
-// partitions, delay, loss, planned switchovers, a stalled replication
-// stream followed by kill -9 of the Primary), and after every fault, once
-// it is healed and the pair is connected and in sync, checks that no
-// acknowledged write was lost, that two nodes never answered writes at the
-// same time, that the replicas are byte-for-byte identical, that no stale
-// node promoted itself and that no daemon exited on its own.
+// with every link through an in-process fault proxy, keeps a load running
+// that follows the Primary (bench.Checker: writers with FLUSH and FUA, and
+// readers that check what they read), injects a seeded schedule of faults
+// (kill -9 of a node or the witness, SIGSTOP of a node, partitions of the
+// peer link whole or of one of its two channels and of the witness links,
+// delay, loss, planned switchovers, a stalled replication stream followed
+// by kill -9 of the Primary), and after every fault, once it is healed and
+// the pair is connected and in sync, checks that no acknowledged write was
+// lost, that no read went backwards, that two nodes never answered writes
+// at the same time, that the replicas are byte-for-byte identical, that no
+// stale node promoted itself and that no daemon exited on its own.
 // docs/chaos.md describes it.
 package chaos
 
@@ -527,6 +529,20 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 			p.Cut()
 		default:
 			p.Block(d)
+		}
+		hold(f.Hold)
+		p.Heal()
+	case PartitionData, PartitionMeta:
+		class := DataChannel
+		if f.Kind == PartitionMeta {
+			class = MetaChannel
+		}
+		p, name, d := r.link("peer", f.Dir)
+		fr.Node = name + ", " + class + " channel"
+		if d == Both {
+			p.CutClass(class)
+		} else {
+			p.BlockClass(class, d)
 		}
 		hold(f.Hold)
 		p.Heal()

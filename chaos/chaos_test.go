@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/twinbd/twinbd/replication"
 )
 
 // twinbdBin is built once for the process tests.
@@ -151,6 +153,67 @@ func TestProxyPartitionHealDelayLoss(t *testing.T) {
 	require.Error(t, err)
 	require.Positive(t, p.Stats().Dropped)
 	p.Heal()
+}
+
+// The peer proxy tells the replication channels apart by the preamble the
+// real transport sends, and a partition of one channel leaves the other
+// alone: one way (held, then flowing on Heal) and cut (closed, new
+// connections of that channel refused, the other channel still accepted).
+func TestProxyPartitionsOneChannel(t *testing.T) {
+	p, err := NewClassifyingProxy("peer", echoServer(t), 1, Classifier{N: replication.PreambleSize, Name: peerChannel})
+	require.NoError(t, err)
+	defer p.Close()
+	tr := replication.NewTCPTransport("127.0.0.1:0", p.Addr(), replication.TCPOptions{})
+	defer tr.Close()
+	dial := func(ch replication.Channel) net.Conn {
+		c, err := tr.Dial(context.Background(), ch)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		// The echo server sends the preamble back first.
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		pre := make([]byte, replication.PreambleSize)
+		_, err = io.ReadFull(c, pre)
+		require.NoError(t, err)
+		require.Equal(t, ch.String(), peerChannel(pre))
+		return c
+	}
+	data, meta := dial(replication.ChannelData), dial(replication.ChannelMeta)
+	require.Equal(t, map[string]int64{"data": 1, "meta": 1}, p.Stats().Classes)
+
+	for _, d := range []Direction{Up, Down} {
+		p.BlockClass(MetaChannel, d)
+		_, err = roundTrip(meta, "held", 200*time.Millisecond)
+		require.Error(t, err, "meta %s blocked", d)
+		got, err := roundTrip(data, "data", time.Second)
+		require.NoError(t, err, "data flows while meta is blocked %s", d)
+		require.Equal(t, "data", got)
+		p.Heal()
+		meta.SetDeadline(time.Now().Add(time.Second))
+		b := make([]byte, 4)
+		_, err = io.ReadFull(meta, b)
+		require.NoError(t, err, "held bytes flow after Heal")
+		require.Equal(t, "held", string(b))
+	}
+
+	p.CutClass(DataChannel)
+	_, err = roundTrip(data, "gone", time.Second)
+	require.Error(t, err, "the data connection is closed")
+	got, err := roundTrip(meta, "meta", time.Second)
+	require.NoError(t, err, "meta survives a data cut")
+	require.Equal(t, "meta", got)
+	c, err := tr.Dial(context.Background(), replication.ChannelData)
+	if err == nil { // the dial and preamble succeed; the proxy closes it then
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		_, err = io.ReadFull(c, make([]byte, replication.PreambleSize))
+		c.Close()
+	}
+	require.Error(t, err, "a new data connection is refused")
+	dial(replication.ChannelMeta)
+	p.Heal()
+	dial(replication.ChannelData)
+	st := p.Stats()
+	require.Equal(t, map[string]int64{"data": 2, "meta": 2}, st.Classes)
+	require.EqualValues(t, 1, st.Refused)
 }
 
 func skipShort(t *testing.T) {

@@ -75,7 +75,9 @@ func newCluster(bin, dir string, size int64, protocol string, seed uint64) (*clu
 	c.repl["alpha"], c.repl["beta"] = ports[2], ports[3]
 	c.witness = fmt.Sprintf("127.0.0.1:%d", ports[4])
 	var err error
-	if c.peer, err = NewProxy("peer", fmt.Sprintf("127.0.0.1:%d", c.repl["beta"]), seed); err != nil {
+	c.peer, err = NewClassifyingProxy("peer", fmt.Sprintf("127.0.0.1:%d", c.repl["beta"]), seed,
+		Classifier{N: replication.PreambleSize, Name: peerChannel})
+	if err != nil {
 		return nil, err
 	}
 	for i, n := range Nodes {
@@ -121,6 +123,27 @@ func newCluster(bin, dir string, size int64, protocol string, seed uint64) (*clu
 		return nil, err
 	}
 	return c, nil
+}
+
+// The classes of the peer proxy's connections: the replication channels.
+const (
+	DataChannel = "data"
+	MetaChannel = "meta"
+)
+
+// peerChannel names a peer-link connection by the preamble its dialer
+// sends first (replication/transport.go): "TWBC", version, channel, 0, 0.
+func peerChannel(first []byte) string {
+	if len(first) < replication.PreambleSize || string(first[:4]) != "TWBC" {
+		return ""
+	}
+	switch replication.Channel(first[5]) {
+	case replication.ChannelData:
+		return DataChannel
+	case replication.ChannelMeta:
+		return MetaChannel
+	}
+	return ""
 }
 
 func (c *cluster) proxies() []*Proxy { return []*Proxy{c.peer, c.wlink["alpha"], c.wlink["beta"]} }

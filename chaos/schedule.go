@@ -15,6 +15,8 @@ const (
 	KillWitness      = "kill-witness"      // kill -9 of the witness; restart after Hold
 	StopNode         = "stop-node"         // SIGSTOP a node daemon; SIGCONT after Hold (a slow node)
 	PartitionPeer    = "partition-peer"    // the peer link stops forwarding (Dir) or is cut (both)
+	PartitionData    = "partition-data"    // only the peer link's data connection (writes, resync), the same
+	PartitionMeta    = "partition-meta"    // only the peer link's meta connection (acks, pings, state), the same
 	PartitionWitness = "partition-witness" // one node's witness link, the same
 	DelayLink        = "delay"             // a link holds every chunk for Delay
 	LossLink         = "loss"              // a link drops the connection with probability Loss per chunk
@@ -23,7 +25,8 @@ const (
 )
 
 // AllKinds are the kinds a schedule draws from by default.
-var AllKinds = []string{KillNode, KillWitness, StopNode, PartitionPeer, PartitionWitness, DelayLink, LossLink, Switchover, StallKill}
+var AllKinds = []string{KillNode, KillWitness, StopNode, PartitionPeer, PartitionData, PartitionMeta, PartitionWitness,
+	DelayLink, LossLink, Switchover, StallKill}
 
 // Fault is one entry of a schedule.
 type Fault struct {
@@ -77,7 +80,7 @@ func Schedule(seed uint64, n int, kinds []string) []Fault {
 			f.Target, f.Hold = "witness", ms(1000, 6000)
 		case StopNode:
 			f.Target, f.Hold = role(), ms(500, 5000)
-		case PartitionPeer:
+		case PartitionPeer, PartitionData, PartitionMeta:
 			f.Target, f.Dir, f.Hold = "peer", dir(), ms(1000, 6000)
 		case PartitionWitness:
 			f.Target, f.Dir, f.Hold = role(), dir(), ms(1000, 6000)

@@ -35,7 +35,8 @@ goes back from a version an earlier read returned once that version's
 write is answered. A schedule of faults drawn from --seed is injected one at a time,
 each held for a random time and then healed: kill -9 of a node (restarted:
 daemon + up) or of the witness (restarted), SIGSTOP/SIGCONT of a node,
-partitions of a link in one direction or both, delay and loss on a link,
+partitions of a link in one direction or both (the peer link whole, or
+only its data or its meta connection), delay and loss on a link,
 a planned switchover under load, and a stalled replication stream followed
 by kill -9 of the Primary.
 
