@@ -222,23 +222,131 @@ func skipShort(t *testing.T) {
 	}
 }
 
-// A short seeded run over every kind of fault must pass: twinbd keeps
-// every acknowledged write through each of them.
-func TestChaosShortRun(t *testing.T) {
+// scenario is one seeded run of `make test`'s table: Seed and Kinds draw
+// Schedule; Want is what that draw must be (Fault.String of each fault), so
+// a change to Schedule that moves a scenario off what it was picked to
+// cover fails TestScenarioTableCovers rather than silently testing
+// something else. The seeds were picked so one-way partitions hold longer
+// than ping-timeout (5 s), and the rest hold under 4 s.
+type scenario struct {
+	name  string
+	seed  uint64
+	kinds []string
+	want  []string
+}
+
+// oldKinds are AllKinds before the channel partitions: the mixed-7
+// scenario (formerly TestChaosShortRun) keeps its schedule.
+var oldKinds = []string{KillNode, KillWitness, StopNode, PartitionPeer, PartitionWitness, DelayLink, LossLink, Switchover, StallKill}
+
+var scenarios = []scenario{
+	{"kill-node", 79, []string{KillNode}, []string{"kill-node primary hold=2.18s", "kill-node secondary hold=3.288s"}},
+	{"kill-witness", 1, []string{KillWitness}, []string{"kill-witness witness hold=2.941s"}},
+	{"stop-node", 47, []string{StopNode}, []string{"stop-node primary hold=3.922s", "stop-node secondary hold=3.287s"}},
+	{"partition-peer-up", 117, []string{PartitionPeer}, []string{"partition-peer peer dir=up hold=5.926s"}},
+	{"partition-peer-down", 84, []string{PartitionPeer}, []string{"partition-peer peer dir=down hold=5.786s"}},
+	{"partition-peer-both", 6, []string{PartitionPeer}, []string{"partition-peer peer dir=both hold=2.855s"}},
+	{"partition-data-up", 117, []string{PartitionData}, []string{"partition-data peer dir=up hold=5.926s"}},
+	{"partition-data-down", 84, []string{PartitionData}, []string{"partition-data peer dir=down hold=5.786s"}},
+	{"partition-data-both", 6, []string{PartitionData}, []string{"partition-data peer dir=both hold=2.855s"}},
+	{"partition-meta-up", 117, []string{PartitionMeta}, []string{"partition-meta peer dir=up hold=5.926s"}},
+	{"partition-meta-down", 84, []string{PartitionMeta}, []string{"partition-meta peer dir=down hold=5.786s"}},
+	{"partition-meta-both", 6, []string{PartitionMeta}, []string{"partition-meta peer dir=both hold=2.855s"}},
+	{"partition-witness-one-way", 2100, []string{PartitionWitness},
+		[]string{"partition-witness primary dir=up hold=5.858s", "partition-witness secondary dir=down hold=5.583s"}},
+	{"partition-witness-cut", 42133, []string{PartitionWitness},
+		[]string{"partition-witness secondary dir=both hold=5.891s", "partition-witness primary dir=both hold=5.754s"}},
+	{"delay", 1575, []string{DelayLink}, []string{"delay secondary dir=up delay=50ms hold=2.885s",
+		"delay peer dir=down delay=51ms hold=3.493s", "delay primary dir=both delay=36ms hold=2.515s"}},
+	{"loss", 1575, []string{LossLink}, []string{"loss secondary dir=up loss=0.17 hold=2.885s",
+		"loss peer dir=down loss=0.17 hold=3.493s", "loss primary dir=both loss=0.12 hold=2.515s"}},
+	{"switchover", 5, []string{Switchover}, []string{"switchover primary hold=449ms", "switchover primary hold=937ms"}},
+	{"stall-kill", 1, []string{StallKill}, []string{"stall-kill primary hold=278ms"}},
+	{"kill-then-meta-cut", 183, []string{KillNode, PartitionMeta},
+		[]string{"kill-node primary hold=1.311s", "partition-meta peer dir=both hold=3.608s"}},
+	{"witness-then-stall-kill", 73, []string{KillWitness, PartitionWitness, StallKill},
+		[]string{"kill-witness witness hold=1.3s", "stall-kill primary hold=331ms"}},
+	{"mixed-7", 20260101, oldKinds, []string{"stop-node primary hold=4.865s", "delay primary dir=up delay=7ms hold=2.243s",
+		"delay peer dir=up delay=30ms hold=5.277s", "kill-witness witness hold=1.321s", "kill-node primary hold=2.361s",
+		"switchover primary hold=664ms", "stop-node secondary hold=4.973s"}},
+}
+
+// The table draws what it says, and covers every fault kind, both node
+// targets of the node faults, every link of delay and loss, and every
+// direction of every partition, delay and loss.
+func TestScenarioTableCovers(t *testing.T) {
+	require.GreaterOrEqual(t, len(scenarios), 20)
+	seen := map[string]bool{}
+	names := map[string]bool{}
+	for _, sc := range scenarios {
+		require.False(t, names[sc.name], "duplicate %s", sc.name)
+		names[sc.name] = true
+		var got []string
+		for _, f := range Schedule(sc.seed, len(sc.want), sc.kinds) {
+			got = append(got, f.String())
+			seen[f.Kind] = true
+			seen[f.Kind+" "+f.Target] = true
+			if f.Dir != "" {
+				seen[f.Kind+" dir="+f.Dir] = true
+			}
+		}
+		require.Equal(t, sc.want, got, "%s: seed %d no longer draws this schedule; pick a seed again", sc.name, sc.seed)
+	}
+	var missing []string
+	need := func(k string) {
+		if !seen[k] {
+			missing = append(missing, k)
+		}
+	}
+	for _, k := range AllKinds {
+		need(k)
+	}
+	for _, k := range []string{KillNode, StopNode, PartitionWitness} {
+		need(k + " primary")
+		need(k + " secondary")
+	}
+	for _, k := range []string{DelayLink, LossLink} {
+		need(k + " peer")
+		need(k + " primary")
+		need(k + " secondary")
+	}
+	for _, k := range []string{PartitionPeer, PartitionData, PartitionMeta, PartitionWitness, DelayLink, LossLink} {
+		for _, d := range []string{"up", "down", "both"} {
+			need(k + " dir=" + d)
+		}
+	}
+	require.Empty(t, missing, "kinds, targets and directions no scenario draws")
+}
+
+// Every scenario of the table must pass: twinbd keeps every acknowledged
+// write, never lets a read go backwards, never has two writers, converges
+// to identical replicas, promotes no stale node and does not crash,
+// through each of them. Two run at a time (-parallel, GOMAXPROCS by
+// default).
+func TestChaosScenarios(t *testing.T) {
 	skipShort(t)
-	var out bytes.Buffer
-	rep, err := Run(context.Background(), Config{Binary: twinbdBin, Seed: 20260101, Faults: 7, Out: &out,
-		Kinds: []string{KillNode, KillWitness, StopNode, PartitionPeer, PartitionWitness, DelayLink, LossLink, Switchover, StallKill}})
-	t.Log("\n" + out.String())
-	require.NoError(t, err)
-	require.True(t, rep.OK())
-	require.Len(t, rep.Faults, 7)
-	require.NotNil(t, rep.Final)
-	require.Positive(t, rep.Final.Answered)
-	require.Zero(t, rep.Final.Lost)
-	require.False(t, rep.Kept, "a passing run in a temporary directory is removed")
-	_, statErr := os.Stat(rep.Dir)
-	require.True(t, os.IsNotExist(statErr))
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel()
+			var out bytes.Buffer
+			rep, err := Run(context.Background(), Config{Binary: twinbdBin, Seed: sc.seed, Faults: len(sc.want), Kinds: sc.kinds, Out: &out})
+			t.Log("\n" + out.String())
+			require.NoError(t, err)
+			require.True(t, rep.OK())
+			require.Len(t, rep.Faults, len(sc.want))
+			for i, fr := range rep.Faults {
+				require.Equal(t, sc.want[i], fr.Fault.String())
+			}
+			require.NotNil(t, rep.Final)
+			require.Positive(t, rep.Final.Answered)
+			require.Positive(t, rep.Final.FUAWrites)
+			require.Positive(t, rep.Final.Reads)
+			require.Zero(t, rep.Final.Lost)
+			require.False(t, rep.Kept, "a passing run in a temporary directory is removed")
+			_, statErr := os.Stat(rep.Dir)
+			require.True(t, os.IsNotExist(statErr))
+		})
+	}
 }
 
 // The harness catches a real loss: with protocol A the Primary answers a
