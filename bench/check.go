@@ -140,8 +140,11 @@ type CheckConfig struct {
 	FUA float64
 	// Readers read random runs of blocks while the writes run and check
 	// each block at once (checkread.go: no stale read, nothing never
-	// written, reads never go backwards). 0: none.
-	Readers int
+	// written, reads never go backwards). 0: none. ReadPause is each
+	// reader's pause between reads (0: none), so they leave the writers
+	// most of the CPU.
+	Readers   int
+	ReadPause time.Duration
 	// Seed drives block choice and fill (0: pick one; the result has it).
 	Seed uint64
 	// DialTimeout bounds connect + handshake (0: 2 s).
@@ -570,6 +573,8 @@ func checkConfig(cfg CheckConfig) (CheckConfig, error) {
 		return cfg, bad("--fua %g (want 0..1)", cfg.FUA)
 	case cfg.Readers < 0 || cfg.Readers > 4096:
 		return cfg, bad("--readers %d (want 0..4096)", cfg.Readers)
+	case cfg.ReadPause < 0:
+		return cfg, bad("negative read pause")
 	case cfg.RequestTimeout < 0:
 		return cfg, bad("negative request timeout")
 	}

@@ -188,6 +188,9 @@ func (r *checkRun) reader(ctx context.Context, i int) {
 		}
 		r.recMu.Unlock()
 		r.gate.RUnlock()
+		if cfg.ReadPause > 0 {
+			sleepCtx(ctx, cfg.ReadPause)
+		}
 	}
 }
 

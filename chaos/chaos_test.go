@@ -3,6 +3,7 @@ package chaos
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -369,4 +370,69 @@ func TestChaosCatchesProtocolALoss(t *testing.T) {
 	require.True(t, strings.Contains(rep.Problems[0], "lost"), rep.Problems)
 	_, statErr := os.Stat(filepath.Join(dir, "alpha.log"))
 	require.NoError(t, statErr, "the logs are kept")
+}
+
+func TestScenarioSeeds(t *testing.T) {
+	seen := map[uint64]bool{}
+	for n := 1; n <= 1000; n++ {
+		s := ScenarioSeed(42, n)
+		require.NotZero(t, s)
+		require.False(t, seen[s], "scenario %d repeats a seed", n)
+		seen[s] = true
+		require.Equal(t, s, ScenarioSeed(42, n))
+	}
+	require.NotEqual(t, ScenarioSeed(42, 1), ScenarioSeed(43, 1))
+}
+
+// A soak runs scenarios with derived seeds and writes its report (text and
+// JSON); a failing scenario (protocol A, stall-kill: writes lost) is
+// reported with its seed and replay command and keeps its logs and both
+// backing files; a passing one leaves nothing behind.
+func TestSoakReportsAndKeepsFailures(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	var out bytes.Buffer
+	rep, err := Soak(context.Background(), SoakConfig{Dir: dir, Duration: time.Second, Out: &out,
+		Scenario: Config{Binary: twinbdBin, Seed: 2, Faults: 1, Protocol: "A", Kinds: []string{StallKill}}})
+	t.Log("\n" + out.String())
+	require.ErrorIs(t, err, ErrFailed)
+	require.Equal(t, 1, rep.Scenarios, "a one-second soak starts one scenario")
+	require.Equal(t, 1, rep.Failed)
+	require.Equal(t, map[string]int{StallKill: 1}, rep.FaultsByKind)
+	require.Positive(t, rep.Checks[PropNoLostWrite])
+	f := rep.Failures[0]
+	require.Equal(t, ScenarioSeed(2, 1), f.Seed)
+	require.Equal(t, fmt.Sprintf("twinbd chaos --seed %d --faults 1 --kinds stall-kill --protocol A", f.Seed), f.Replay)
+	require.NotEmpty(t, f.Problems)
+	for _, name := range []string{"alpha.log", "beta.log", "witness.log", "alpha.img", "beta.img", "alpha.conf"} {
+		_, err := os.Stat(filepath.Join(f.Dir, name))
+		require.NoError(t, err, "kept: %s", name)
+	}
+	text, err := os.ReadFile(filepath.Join(dir, "soak-report.txt"))
+	require.NoError(t, err)
+	require.Contains(t, string(text), "twinbd chaos soak: FAIL")
+	require.Contains(t, string(text), f.Replay)
+	var back SoakReport
+	js, err := os.ReadFile(filepath.Join(dir, "soak-report.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(js, &back))
+	require.Equal(t, rep.Failures[0].Seed, back.Failures[0].Seed)
+	require.Contains(t, out.String(), "soak: report: "+filepath.Join(dir, "soak-report.txt"))
+
+	dir2 := t.TempDir()
+	out.Reset()
+	rep, err = Soak(context.Background(), SoakConfig{Dir: dir2, Duration: time.Second, Out: &out, Report: filepath.Join(dir2, "r"),
+		Scenario: Config{Binary: twinbdBin, Seed: 2, Faults: 1, Kinds: []string{Switchover}}})
+	t.Log("\n" + out.String())
+	require.NoError(t, err)
+	require.True(t, rep.OK())
+	require.Equal(t, 1, rep.Passed)
+	require.Positive(t, rep.Checks[PropReplicas])
+	entries, err := os.ReadDir(dir2)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	require.Equal(t, []string{"r.json", "r.txt"}, names, "a passing scenario leaves nothing behind")
 }

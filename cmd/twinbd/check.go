@@ -102,6 +102,7 @@ Primary answered; 1 otherwise.`,
 	f.IntVar(&cfg.FlushEvery, "flush-every", 0, "FLUSH after every N answered writes of each worker (0: never)")
 	f.Float64Var(&cfg.FUA, "fua", 0, "fraction of the writes sent with FUA (0..1)")
 	f.IntVar(&cfg.Readers, "readers", 0, "readers that read random blocks during the write phase and check each one at once")
+	f.DurationVar(&cfg.ReadPause, "read-pause", 0, "each reader's pause between two reads")
 	f.Uint64Var(&cfg.Seed, "seed", 0, "random seed (0: pick one; the result reports it)")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.StringVar(&plotFile, "plot", "", "draw the failover timeline (writes answered per second by each export, the longest stall) into FILE.svg|png|pdf")
