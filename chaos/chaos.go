@@ -122,6 +122,9 @@ const (
 	PropNoCrash     = "no daemon crash"              // no daemon or witness exited by itself
 )
 
+// Properties are the Prop* names, in the order docs/chaos.md lists them.
+var Properties = []string{PropNoLostWrite, PropReads, PropOneWriter, PropReplicas, PropNoStale, PropNoCrash, PropConverged}
+
 // verified counts the properties a read-back checks.
 func (r *runner) verified() {
 	for _, p := range []string{PropNoLostWrite, PropReads, PropOneWriter} {
@@ -227,6 +230,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	dir, _ = filepath.Abs(dir)
 	rep := &Report{Seed: cfg.Seed, Dir: dir, Protocol: cfg.Protocol, Proxies: map[string]ProxyStats{}, Checks: map[string]int{}}
+	for _, p := range Properties {
+		rep.Checks[p] = 0 // a property never checked shows as 0
+	}
 	fmt.Fprintf(out, "chaos: seed %d (--seed %d replays this schedule), protocol %s, run dir %s\n", cfg.Seed, cfg.Seed, cfg.Protocol, dir)
 
 	r := &runner{cfg: cfg, out: out, rep: rep, start: time.Now(), ctx: ctx}

@@ -160,6 +160,9 @@ func Soak(ctx context.Context, cfg SoakConfig) (*SoakReport, error) {
 	if len(rep.Kinds) == 0 {
 		rep.Kinds = AllKinds
 	}
+	for _, p := range Properties {
+		rep.Checks[p] = 0
+	}
 	fmt.Fprintf(out, "soak: seed %d, %s, scenarios of %d faults (seeds derived from %d), protocol %s, dir %s\n",
 		sc.Seed, cfg.Duration, sc.Faults, sc.Seed, sc.Protocol, dir)
 	for n := 1; ctx.Err() == nil && time.Since(rep.Start) < cfg.Duration; n++ {
@@ -239,7 +242,7 @@ func (r *SoakReport) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "  %-20s %d\n", k, r.FaultsByKind[k])
 	}
 	fmt.Fprintf(&b, "properties checked:\n")
-	for _, k := range slices.Sorted(maps.Keys(r.Checks)) {
+	for _, k := range Properties {
 		fmt.Fprintf(&b, "  %-30s %d\n", k, r.Checks[k])
 	}
 	fmt.Fprintf(&b, "load:       %d writes answered (%d with FUA), %d flushes, %d blocks read and checked during the load, %d failovers seen by the client\n",
