@@ -30,7 +30,13 @@ type Meta struct {
 	newest int // slot holding sb
 
 	bmWrites atomic.Int64
+	detached atomic.Bool // Detach: nothing is written to md any more
 }
+
+// Detach stops every write to the metadata device: the disk under it
+// failed. Update then changes only the in-memory superblock, and the bitmap
+// writes do nothing; it cannot be undone (a replacement disk gets a new Meta).
+func (m *Meta) Detach() { m.detached.Store(true) }
 
 // Create writes fresh metadata for lay on md: superblock slot 0 from sb
 // (only Resource, NodeID and LogicalBlockSize are taken from it; 0 means
@@ -216,6 +222,12 @@ func (m *Meta) Update(fn func(*Superblock)) error {
 	}
 	slot := 1 - newest
 	off := m.lay.SBOffset[slot]
+	if m.detached.Load() {
+		m.mu.Lock()
+		m.sb = next
+		m.mu.Unlock()
+		return nil
+	}
 	if _, err := m.md.WriteAt(b, off); err != nil {
 		return fmt.Errorf("bitmap: update: write superblock slot %d at %d: %w", slot, off, err)
 	}
@@ -278,6 +290,9 @@ func (m *Meta) WriteBitmap(b *Bitmap) error {
 		return fmt.Errorf("bitmap: write bitmap: %w: bitmap for %d bytes at granularity %d, metadata for %d at %d",
 			ErrInvalid, b.DataSize(), b.Granularity(), m.lay.DataSize, m.lay.Granularity)
 	}
+	if m.detached.Load() {
+		return nil
+	}
 	m.bitmapMu.Lock() // before the snapshot: the last call's snapshot lands last
 	defer m.bitmapMu.Unlock()
 	words, err := b.MarshalBinary()
@@ -305,7 +320,7 @@ func (m *Meta) WriteBitmapRange(b *Bitmap, off, length int64) error {
 		return fmt.Errorf("bitmap: write bitmap range: %w: bitmap does not match the layout", ErrInvalid)
 	}
 	start, end, ok := b.clamp(off, length)
-	if !ok {
+	if !ok || m.detached.Load() {
 		return nil
 	}
 	m.bitmapMu.Lock()

@@ -89,7 +89,6 @@ var drbdOnly = map[string]map[string]string{
 		"auto-promote":                  "twinbd does not promote when a device is opened: promote by `twinbd primary`, options { auto-failover yes; } or Pacemaker",
 		"auto-promote-timeout":          "twinbd does not promote when a device is opened",
 		"cpu-mask":                      "DRBD's kernel threads; twinbd is one process (systemd's CPUAffinity= pins it)",
-		"on-no-data-accessible":         "twinbd does not act on it; its disk section accepts the key, without effect either",
 		"quorum-minimum-redundancy":     "twinbd's quorum is the two nodes and the witness (docs/failover.md)",
 		"peer-ack-window":               "a detail of DRBD 9's multi-peer protocol; twinbd has one peer",
 		"peer-ack-delay":                "a detail of DRBD 9's multi-peer protocol; twinbd has one peer",
