@@ -447,6 +447,8 @@ type checkRun struct {
 	firstSeq uint64        // the first one
 
 	issued, failed atomic.Int64
+	// volatile: no FLUSH and no FUA while set (Checker.SetVolatile).
+	volatile atomic.Bool
 
 	mu         sync.Mutex // guards everything below
 	urls       []CheckURLStats
@@ -702,7 +704,7 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 		// Drawn only with a FUA fraction, so a seed without one writes
 		// what it always wrote.
 		var flags uint16
-		if cfg.FUA > 0 && rng.Float64() < cfg.FUA {
+		if cfg.FUA > 0 && rng.Float64() < cfg.FUA && !r.volatile.Load() {
 			flags = nbd.CmdFlagFUA
 		}
 		r.issued.Add(1)
@@ -739,7 +741,7 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 			pending = append(pending, unflushed{b, seq})
 		}
 		writes++
-		if cfg.FlushEvery > 0 && writes%cfg.FlushEvery == 0 {
+		if cfg.FlushEvery > 0 && writes%cfg.FlushEvery == 0 && !r.volatile.Load() {
 			err := r.guard(ctx, cl, cl.Flush)
 			if errors.Is(err, nbd.ErrUnsupported) {
 				r.gate.RUnlock()
@@ -1103,6 +1105,13 @@ func (k *Checker) Pause() {
 		k.paused = true
 	}
 }
+
+// SetVolatile(true) makes the writers send no FLUSH and no FUA until
+// SetVolatile(false): a window in which every answered write is volatile
+// on the disks (before a simulated power failure, so that it has
+// something to drop). The FUA draws still happen, so the write pattern
+// stays the seed's.
+func (k *Checker) SetVolatile(on bool) { k.r.volatile.Store(on) }
 
 // Resume lets the writers go on after Pause.
 func (k *Checker) Resume() {

@@ -353,3 +353,31 @@ func TestCheckerDurableLostIsCaught(t *testing.T) {
 	_, err := StartChecker(context.Background(), CheckConfig{URLs: []string{"x:1"}, Workers: 1, Blocks: 8, FUA: 1.5})
 	require.ErrorIs(t, err, ErrConfig)
 }
+
+// SetVolatile: while set, no FUA and no FLUSH reaches the export, so a
+// power failure then drops answered writes; the check reports them as
+// lost, none of them durable.
+func TestCheckerVolatileWindow(t *testing.T) {
+	dev := newVolatileDevice(checkTestBlocks * CheckBlockSize)
+	url, _ := serveCheck(t, dev)
+	cfg := checkTestConfig(0, url)
+	cfg.FUA, cfg.FlushEvery = 0.5, 2
+	k, err := StartChecker(context.Background(), cfg)
+	require.NoError(t, err)
+	defer k.Stop()
+	time.Sleep(100 * time.Millisecond)
+	k.Pause()
+	fua := dev.fuaWrites.Load()
+	require.Positive(t, fua)
+	k.SetVolatile(true)
+	k.Resume()
+	time.Sleep(200 * time.Millisecond)
+	k.Pause()
+	require.Equal(t, fua, dev.fuaWrites.Load(), "no FUA while volatile")
+	dev.Crash()
+	res, err := k.Verify(context.Background(), 0)
+	require.NoError(t, err)
+	logCheck(t, res)
+	require.Positive(t, res.Lost, "the writes of the window were volatile")
+	require.Zero(t, res.LostDurable)
+}

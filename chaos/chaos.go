@@ -6,7 +6,8 @@
 // (kill -9 of a node or the witness, SIGSTOP of a node, partitions of the
 // peer link whole or of one of its two channels and of the witness links,
 // delay, loss, planned switchovers, a stalled replication stream followed
-// by kill -9 of the Primary), and after every fault, once it is healed and
+// by kill -9 of the Primary, a disk failing writes, a power failure), and
+// after every fault, once it is healed and
 // the pair is connected and in sync, checks that no acknowledged write was
 // lost, that no read went backwards, that two nodes never answered writes
 // at the same time, that the replicas are byte-for-byte identical, that no
@@ -88,6 +89,11 @@ type FaultResult struct {
 	Lost     int64    `json:"lost"`
 	Notes    []string `json:"notes,omitempty"`
 	Problems []string `json:"problems,omitempty"`
+	// Reverted is what a power-fail dropped from the node's disk (bytes;
+	// -1: not found in its log).
+	Reverted int64 `json:"reverted_bytes,omitempty"`
+	// Diskless: a disk-write-error detached the disk (it was replaced).
+	Diskless bool `json:"went_diskless,omitempty"`
 }
 
 // OK says whether every property held after this fault.
@@ -514,7 +520,7 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 		}
 	}
 	switch f.Kind {
-	case KillNode:
+	case KillNode, PowerFail:
 		n := prim
 		if f.Target == "secondary" {
 			n = sec
@@ -525,8 +531,23 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 			r.rep.Checks[PropNoStale]++
 			note("%s was %s before the kill", other(n), pre[other(n)].Devices[0].DiskState)
 		}
-		if err := c.signal(n, syscall.SIGKILL); err != nil {
-			problem("%v", err)
+		if f.Kind == KillNode {
+			if err := c.signal(n, syscall.SIGKILL); err != nil {
+				problem("%v", err)
+			}
+		} else {
+			// A window without FLUSH or FUA, so that the disk holds
+			// unflushed answered writes when the power goes.
+			r.k.SetVolatile(true)
+			sleepCtx(ctx, f.Delay)
+			reverted, err := c.powerFail(n)
+			r.k.SetVolatile(false)
+			fr.Reverted = reverted
+			if err != nil {
+				problem("power-fail %s: %v", n, err)
+			} else {
+				note("%s lost power after %s without FLUSH or FUA: %d bytes of unflushed writes reverted on its disk", n, f.Delay, reverted)
+			}
 		}
 		t0 := time.Now()
 		if n == prim && watch == "" {
@@ -534,6 +555,36 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 		}
 		hold(f.Hold - time.Since(t0))
 		restart(n)
+	case DiskWriteError:
+		n := prim
+		if f.Target == "secondary" {
+			n = sec
+		}
+		fr.Node = n
+		if _, err := c.twinbd(10*time.Second, n, "debug", "disk-fault", "r0", "write-error"); err != nil {
+			problem("disk fault on %s: %v", n, err)
+			break
+		}
+		hold(f.Hold)
+		// The operator's disk replacement (docs/operations.md, "When a
+		// disk fails"): a new disk behind the same path, create-md on the
+		// Diskless resource, attach: a full resync under load.
+		if _, err := c.twinbd(10*time.Second, n, "debug", "disk-fault", "r0", "none"); err != nil {
+			problem("heal disk fault on %s: %v", n, err)
+		}
+		st, err := c.status(n)
+		switch {
+		case err != nil:
+			problem("%v", err)
+		case st.Devices[0].DiskState != "Diskless":
+			note("%s's disk is %s after the fault (no write hit it?): not replaced", n, st.Devices[0].DiskState)
+		default:
+			fr.Diskless = true
+			note("%s went Diskless (%s); replaced and attached", n, st.Devices[0].DiskReason)
+			if err := c.replaceDisk(n); err != nil {
+				problem("replace %s's disk: %v", n, err)
+			}
+		}
 	case KillWitness:
 		fr.Node = "witness"
 		if err := c.signal("witness", syscall.SIGKILL); err != nil {

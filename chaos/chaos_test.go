@@ -263,6 +263,10 @@ var scenarios = []scenario{
 		"loss peer dir=down loss=0.17 hold=3.493s", "loss primary dir=both loss=0.12 hold=2.515s"}},
 	{"switchover", 5, []string{Switchover}, []string{"switchover primary hold=449ms", "switchover primary hold=937ms"}},
 	{"stall-kill", 1, []string{StallKill}, []string{"stall-kill primary hold=278ms"}},
+	{"disk-write-error", 47, []string{DiskWriteError},
+		[]string{"disk-write-error primary hold=3.161s", "disk-write-error secondary hold=2.667s"}},
+	{"power-fail", 10, []string{PowerFail},
+		[]string{"power-fail primary delay=449ms hold=2.158s", "power-fail secondary delay=509ms hold=2.54s"}},
 	{"kill-then-meta-cut", 183, []string{KillNode, PartitionMeta},
 		[]string{"kill-node primary hold=1.311s", "partition-meta peer dir=both hold=3.608s"}},
 	{"witness-then-stall-kill", 73, []string{KillWitness, PartitionWitness, StallKill},
@@ -302,7 +306,7 @@ func TestScenarioTableCovers(t *testing.T) {
 	for _, k := range AllKinds {
 		need(k)
 	}
-	for _, k := range []string{KillNode, StopNode, PartitionWitness} {
+	for _, k := range []string{KillNode, StopNode, PartitionWitness, DiskWriteError, PowerFail} {
 		need(k + " primary")
 		need(k + " secondary")
 	}
@@ -337,6 +341,13 @@ func TestChaosScenarios(t *testing.T) {
 			require.Len(t, rep.Faults, len(sc.want))
 			for i, fr := range rep.Faults {
 				require.Equal(t, sc.want[i], fr.Fault.String())
+				// The disk faults took effect.
+				switch fr.Kind {
+				case PowerFail:
+					require.Positive(t, fr.Reverted, "fault #%d: the power failure dropped unflushed writes", fr.N)
+				case DiskWriteError:
+					require.True(t, fr.Diskless, "fault #%d: the failed disk was detached", fr.N)
+				}
 			}
 			require.NotNil(t, rep.Final)
 			require.Positive(t, rep.Final.Answered)

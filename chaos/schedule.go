@@ -22,11 +22,13 @@ const (
 	LossLink         = "loss"              // a link drops the connection with probability Loss per chunk
 	Switchover       = "switchover"        // secondary --force on the Primary, primary on the other, under load
 	StallKill        = "stall-kill"        // the Primary's replication stream stalls, then kill -9 of the Primary
+	DiskWriteError   = "disk-write-error"  // a node's disk fails writes (EIO); after Hold a new disk is attached
+	PowerFail        = "power-fail"        // a node loses power: unflushed writes dropped, daemon gone; restart after Hold
 )
 
 // AllKinds are the kinds a schedule draws from by default.
 var AllKinds = []string{KillNode, KillWitness, StopNode, PartitionPeer, PartitionData, PartitionMeta, PartitionWitness,
-	DelayLink, LossLink, Switchover, StallKill}
+	DelayLink, LossLink, Switchover, StallKill, DiskWriteError, PowerFail}
 
 // Fault is one entry of a schedule.
 type Fault struct {
@@ -37,9 +39,11 @@ type Fault struct {
 	Target string `json:"target"`
 	// Dir for partitions, delay and loss, from the Primary's side: up is
 	// Primary→Secondary (or node→witness), down the other way, both.
-	Dir   string        `json:"dir,omitempty"`
-	Load  time.Duration `json:"load_ns"` // write load before the fault starts
-	Hold  time.Duration `json:"hold_ns"` // how long the fault is held before it is healed
+	Dir  string        `json:"dir,omitempty"`
+	Load time.Duration `json:"load_ns"` // write load before the fault starts
+	Hold time.Duration `json:"hold_ns"` // how long the fault is held before it is healed
+	// Delay: a delay fault's delay per chunk; power-fail's window without
+	// FLUSH or FUA before the power goes (so it has something to drop).
 	Delay time.Duration `json:"delay_ns,omitempty"`
 	Loss  float64       `json:"loss,omitempty"`
 }
@@ -76,6 +80,10 @@ func Schedule(seed uint64, n int, kinds []string) []Fault {
 		switch f.Kind {
 		case KillNode:
 			f.Target, f.Hold = role(), ms(1000, 6000)
+		case PowerFail:
+			f.Target, f.Hold, f.Delay = role(), ms(1000, 6000), ms(200, 800)
+		case DiskWriteError:
+			f.Target, f.Hold = role(), ms(500, 4000)
 		case KillWitness:
 			f.Target, f.Hold = "witness", ms(1000, 6000)
 		case StopNode:

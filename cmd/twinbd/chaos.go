@@ -86,8 +86,10 @@ at a time, each held for a random time and then healed: kill -9 of a node
 (restarted: daemon + up) or of the witness (restarted), SIGSTOP/SIGCONT of
 a node, partitions of a link in one direction or both (the peer link
 whole, or only its data or its meta connection), delay and loss on a link,
-a planned switchover under load, and a stalled replication stream followed
-by kill -9 of the Primary.
+a planned switchover under load, a stalled replication stream followed
+by kill -9 of the Primary, a node's disk failing writes (then replaced and
+attached), and a node losing power (its disk drops every unflushed write;
+the daemons run with --fault-injection for these two).
 
 After every fault, once the pair is connected, in sync and has one Primary,
 the load pauses and the harness checks: every acknowledged write is there
