@@ -55,10 +55,12 @@ bench: deps build
 demo: build
 	scripts/demo.sh
 
-# Randomized fault injection for 20 minutes (docs/chaos.md); SOAK_ARGS adds flags, e.g. --seed N.
+# Randomized fault injection: independent seeded scenarios for SOAK_DURATION (an hour), then a
+# report (text + JSON, path printed); docs/chaos.md. SOAK_ARGS adds flags, e.g. --seed N --dir D.
+SOAK_DURATION ?= 1h
 .PHONY: soak
 soak: build
-	$(BIN) chaos --duration 20m $(SOAK_ARGS)
+	$(BIN) chaos soak --duration $(SOAK_DURATION) $(SOAK_ARGS)
 
 # The kernel nbd-client in a qemu VM against a real pair (e2e/README.md); every scenario.
 .PHONY: e2e

@@ -22,6 +22,20 @@ package bench
 // After the write phase every block is read back from the export that
 // answered last (the others are tried if it fails) and checked.
 //
+// # Durable writes
+//
+// A fraction of the writes (FUA) carry NBD_CMD_FLAG_FUA, and every
+// FlushEvery answered writes a worker sends a FLUSH. A write is durable
+// once it was answered with FUA, or once a FLUSH sent after its answer, on
+// the same connection, was answered (NBD: FLUSH covers every write the
+// server completed before it; the check does not rely on CAN_MULTI_CONN).
+// Per block the bookkeeping keeps the last durable version beside the last
+// answered one. The read-back requires the last answered version (a process
+// kill keeps the page cache, so even volatile answered writes must
+// survive) and says, for each lost write, whether a durable version was
+// lost too (CheckResult.LostDurable): that is the property that must hold
+// across a power failure, which may drop what was never made durable.
+//
 // # What "two writers" means here
 //
 // The exports are ordered by their first answer; the one that answered
@@ -57,7 +71,7 @@ import (
 const CheckBlockSize = 4096
 
 const (
-	checkMaxBlocks   = 1 << 24 // 64 GiB; bookkeeping: 32 bytes a block
+	checkMaxBlocks   = 1 << 24 // 64 GiB; bookkeeping: 56 bytes a block
 	checkMaxFailures = 10      // described in the result
 	checkReadChunk   = 64      // blocks per read-back request (256 KiB)
 	checkHeader      = 16      // offset + seq
@@ -121,6 +135,16 @@ type CheckConfig struct {
 	// FlushEvery sends a FLUSH after every N answered writes of a worker
 	// (0: never).
 	FlushEvery int
+	// FUA is the fraction of writes sent with NBD_CMD_FLAG_FUA (0..1; 0:
+	// none). Drawn from the seed, so a seed gives the same FUA writes.
+	FUA float64
+	// Readers read random runs of blocks while the writes run and check
+	// each block at once (checkread.go: no stale read, nothing never
+	// written, reads never go backwards). 0: none. ReadPause is each
+	// reader's pause between reads (0: none), so they leave the writers
+	// most of the CPU.
+	Readers   int
+	ReadPause time.Duration
 	// Seed drives block choice and fill (0: pick one; the result has it).
 	Seed uint64
 	// DialTimeout bounds connect + handshake (0: 2 s).
@@ -185,7 +209,11 @@ type CheckFailure struct {
 	// (since the start).
 	AnsweredBy string        `json:"answered_by,omitempty"`
 	AnsweredAt time.Duration `json:"answered_at_ns"`
-	Detail     string        `json:"detail"`
+	// Durable is the last durable version (0: none); DurableLost says the
+	// block holds something older than it.
+	Durable     uint64 `json:"durable_seq"`
+	DurableLost bool   `json:"durable_lost"`
+	Detail      string `json:"detail"`
 }
 
 func (f CheckFailure) String() string {
@@ -210,6 +238,11 @@ type CheckResult struct {
 	Answered int64 `json:"writes_answered"`
 	Failed   int64 `json:"writes_failed"`
 	Flushes  int64 `json:"flushes_answered"`
+	// FUAWrites counts the answered writes that carried FUA; Durable the
+	// blocks whose last durable version (FUA or flushed) is known.
+	FUA       float64 `json:"fua"`
+	FUAWrites int64   `json:"fua_writes_answered"`
+	Durable   int64   `json:"blocks_durable"`
 	// Switches counts exports answering for the first time after another
 	// one had (client-visible failovers).
 	Switches int             `json:"switches"`
@@ -244,12 +277,33 @@ type CheckResult struct {
 	Untouched  int64  `json:"blocks_untouched"`
 	ReadError  string `json:"read_error,omitempty"`
 
+	// Readers is the number of live readers; Reads the reads they got
+	// answered, ReadBlocks the blocks in them, ReadsFailed the dials and
+	// reads that failed. StaleReads, BackwardReads and CorruptReads break
+	// checkread.go's properties; VanishedReads counts versions of writes
+	// never answered that a read saw and a later one did not (allowed),
+	// TornReads blocks read while a write to them was in flight that were
+	// a mix (allowed: NBD leaves overlapping requests undefined).
+	Readers       int           `json:"readers"`
+	Reads         int64         `json:"reads"`
+	ReadBlocks    int64         `json:"read_blocks"`
+	ReadsFailed   int64         `json:"reads_failed"`
+	StaleReads    int64         `json:"stale_reads"`
+	BackwardReads int64         `json:"backward_reads"`
+	CorruptReads  int64         `json:"corrupt_reads"`
+	VanishedReads int64         `json:"vanished_reads"`
+	TornReads     int64         `json:"torn_reads"`
+	ReadFailures  []ReadFailure `json:"read_failures,omitempty"` // the first ones
+
 	// Lost counts blocks missing an answered write (older version,
-	// zeroes, or garbage); Corrupt blocks without an answered write that
-	// hold something no write of this run explains.
-	Lost     int64          `json:"lost"`
-	Corrupt  int64          `json:"corrupt"`
-	Failures []CheckFailure `json:"failures,omitempty"` // the first ones
+	// zeroes, or garbage); LostDurable those of them missing a durable one
+	// too (an answered FUA write, or one answered before an answered
+	// FLUSH); Corrupt blocks without an answered write that hold something
+	// no write of this run explains.
+	Lost        int64          `json:"lost"`
+	LostDurable int64          `json:"lost_durable"`
+	Corrupt     int64          `json:"corrupt"`
+	Failures    []CheckFailure `json:"failures,omitempty"` // the first ones
 }
 
 // ErrCheckFailed is wrapped by CheckResult.Err.
@@ -267,10 +321,13 @@ func (r *CheckResult) Err() error {
 		why = append(why, fmt.Sprintf("read back %d of %d blocks: %s", r.BlocksRead, r.Blocks, r.ReadError))
 	}
 	if r.Lost > 0 {
-		why = append(why, fmt.Sprintf("%d lost writes", r.Lost))
+		why = append(why, fmt.Sprintf("%d lost writes (%d of them durable)", r.Lost, r.LostDurable))
 	}
 	if r.Corrupt > 0 {
 		why = append(why, fmt.Sprintf("%d corrupt blocks", r.Corrupt))
+	}
+	if n := r.StaleReads + r.BackwardReads + r.CorruptReads; n > 0 {
+		why = append(why, fmt.Sprintf("%d bad reads during the load (%d stale, %d backward, %d corrupt)", n, r.StaleReads, r.BackwardReads, r.CorruptReads))
 	}
 	if r.OldPrimaryAnswers > 0 {
 		why = append(why, fmt.Sprintf("%d answers from the old Primary after the new one started (two writers)", r.OldPrimaryAnswers))
@@ -292,11 +349,12 @@ func (r *CheckResult) WriteJSON(w io.Writer) error {
 func (r *CheckResult) WriteText(w io.Writer) error {
 	var b strings.Builder
 	sec := func(d time.Duration) string { return fmt.Sprintf("%.3fs", d.Seconds()) }
-	fmt.Fprintf(&b, "check:     %d export(s), %d workers, %d blocks of %s (%s), flush-every %d, seed %d\n",
-		len(r.URLs), r.Workers, r.Blocks, FormatSize(int64(r.BlockSize)), humanBytes(r.Blocks*int64(r.BlockSize)), r.FlushEvery, r.Seed)
+	fmt.Fprintf(&b, "check:     %d export(s), %d workers, %d blocks of %s (%s), flush-every %d, fua %g, seed %d\n",
+		len(r.URLs), r.Workers, r.Blocks, FormatSize(int64(r.BlockSize)), humanBytes(r.Blocks*int64(r.BlockSize)), r.FlushEvery, r.FUA, r.Seed)
 	fmt.Fprintf(&b, "start:     %s, write phase %s\n", r.Start.Format(time.RFC3339Nano), sec(r.Duration))
-	fmt.Fprintf(&b, "writes:    %d issued, %d answered, %d failed; %d flushes answered; %d failover(s) seen\n",
-		r.Issued, r.Answered, r.Failed, r.Flushes, r.Switches)
+	fmt.Fprintf(&b, "writes:    %d issued, %d answered (%d with FUA), %d failed; %d flushes answered; %d failover(s) seen\n",
+		r.Issued, r.Answered, r.FUAWrites, r.Failed, r.Flushes, r.Switches)
+	fmt.Fprintf(&b, "durable:   %d blocks hold a durable version (answered with FUA, or before an answered FLUSH)\n", r.Durable)
 	for _, u := range r.PerURL {
 		span := "never answered"
 		if u.Answered > 0 {
@@ -322,6 +380,13 @@ func (r *CheckResult) WriteText(w io.Writer) error {
 	for _, d := range r.OldPrimaryDetails {
 		fmt.Fprintf(&b, "  %s\n", d)
 	}
+	if r.Readers > 0 {
+		fmt.Fprintf(&b, "reads:     %d readers: %d reads answered (%d blocks), %d failed; %d stale, %d backward, %d corrupt; %d unanswered versions vanished, %d torn by a write in flight\n",
+			r.Readers, r.Reads, r.ReadBlocks, r.ReadsFailed, r.StaleReads, r.BackwardReads, r.CorruptReads, r.VanishedReads, r.TornReads)
+		for _, f := range r.ReadFailures {
+			fmt.Fprintf(&b, "  %s\n", f)
+		}
+	}
 	switch {
 	case r.Answered == 0:
 		fmt.Fprintf(&b, "read back: nothing (no write was answered)\n")
@@ -334,7 +399,7 @@ func (r *CheckResult) WriteText(w io.Writer) error {
 	if r.ReadError != "" {
 		fmt.Fprintf(&b, "  read error: %s\n", r.ReadError)
 	}
-	fmt.Fprintf(&b, "lost:      %d answered write(s) missing\n", r.Lost)
+	fmt.Fprintf(&b, "lost:      %d answered write(s) missing, %d of them durable\n", r.Lost, r.LostDurable)
 	fmt.Fprintf(&b, "corrupt:   %d blocks\n", r.Corrupt)
 	for _, f := range r.Failures {
 		fmt.Fprintf(&b, "  %s\n", f)
@@ -354,11 +419,22 @@ type checkTarget struct {
 }
 
 // checkRec is the bookkeeping of one block, written only by its worker
-// during the write phase.
+// (under checkRun.recMu, which the readers take to read it).
 type checkRec struct {
+	inflight         bool          // a write of issued is in flight
 	issued, answered uint64        // sequences; 0: none
 	at               time.Duration // when answered was answered
 	url              int32         // who answered it
+	durableFUA       bool          // durable came from a FUA write (else a FLUSH)
+	durable          uint64        // the last durable version; 0: none
+	durableAt        time.Duration // when it became durable
+}
+
+// unflushed is a write answered on a worker's current connection that no
+// answered FLUSH has covered yet.
+type unflushed struct {
+	block int64
+	seq   uint64
 }
 
 // checkRun is the state of one RunCheck.
@@ -371,10 +447,13 @@ type checkRun struct {
 	firstSeq uint64        // the first one
 
 	issued, failed atomic.Int64
+	// volatile: no FLUSH and no FUA while set (Checker.SetVolatile).
+	volatile atomic.Bool
 
 	mu         sync.Mutex // guards everything below
 	urls       []CheckURLStats
 	answered   int64
+	fuaWrites  int64
 	flushes    int64
 	lastAnswer time.Duration // since the start
 	lastURL    int           // -1: none yet
@@ -395,10 +474,17 @@ type checkRun struct {
 	// starts a new epoch, so there it means "answered at all".
 	epochSeen []bool
 
-	// gate: workers hold it shared around each write (and its flush), so
-	// Checker.Pause (exclusive) waits for the writes in flight and holds
-	// new ones back.
+	// gate: workers hold it shared around each write (and its flush),
+	// readers around each read, so Checker.Pause (exclusive) waits for the
+	// requests in flight and holds new ones back.
 	gate sync.RWMutex
+
+	// recMu guards recs, seen, failedSeqs and rd: workers write their
+	// blocks' records under it, readers read them under it.
+	recMu      sync.Mutex
+	seen       []checkSeen        // per block; nil without readers
+	failedSeqs map[int64][]uint64 // per block: versions whose write failed
+	rd         checkReads
 }
 
 // RunCheck writes for cfg.Duration (or until ctx is done), then reads every
@@ -433,6 +519,9 @@ func RunCheck(ctx context.Context, cfg CheckConfig) (*CheckResult, error) {
 	var wg sync.WaitGroup
 	for w := range cfg.Workers {
 		wg.Go(func() { r.worker(wctx, cancel, w) })
+	}
+	for i := range cfg.Readers {
+		wg.Go(func() { r.reader(wctx, i) })
 	}
 	wg.Wait()
 	cancel()
@@ -482,6 +571,12 @@ func checkConfig(cfg CheckConfig) (CheckConfig, error) {
 		return cfg, bad("--blocks %d (want --workers (%d) .. %d)", cfg.Blocks, cfg.Workers, checkMaxBlocks)
 	case cfg.FlushEvery < 0:
 		return cfg, bad("--flush-every %d", cfg.FlushEvery)
+	case !(cfg.FUA >= 0 && cfg.FUA <= 1): // NaN too
+		return cfg, bad("--fua %g (want 0..1)", cfg.FUA)
+	case cfg.Readers < 0 || cfg.Readers > 4096:
+		return cfg, bad("--readers %d (want 0..4096)", cfg.Readers)
+	case cfg.ReadPause < 0:
+		return cfg, bad("negative read pause")
 	case cfg.RequestTimeout < 0:
 		return cfg, bad("negative request timeout")
 	}
@@ -504,6 +599,10 @@ func newCheckRun(cfg CheckConfig) (*checkRun, error) {
 		r.cfg.Seed = rand.Uint64() | 1
 	}
 	r.recs = make([]checkRec, cfg.Blocks)
+	r.failedSeqs = map[int64][]uint64{}
+	if cfg.Readers > 0 {
+		r.seen = make([]checkSeen, cfg.Blocks)
+	}
 	return r, nil
 }
 
@@ -557,6 +656,9 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 			_ = c.Close()
 		}
 	}()
+	// pending: writes answered on c since its last answered FLUSH. A
+	// FLUSH on another connection is not counted as covering them.
+	var pending []unflushed
 	url := 0
 	next := func(err error) {
 		r.failure(ctx, url, err)
@@ -564,6 +666,7 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 			_ = c.Close()
 			c = nil
 		}
+		pending = pending[:0]
 		url = (url + 1) % len(r.targets)
 		sleepCtx(ctx, cfg.RetryPause)
 	}
@@ -594,21 +697,51 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 		off := b * CheckBlockSize
 		seq := r.seq.Add(1)
 		rec := &r.recs[b]
-		rec.issued = seq
+		r.recMu.Lock()
+		rec.issued, rec.inflight = seq, true
+		r.recMu.Unlock()
 		MakeCheckBlock(buf, off, seq, rng)
+		// Drawn only with a FUA fraction, so a seed without one writes
+		// what it always wrote.
+		var flags uint16
+		if cfg.FUA > 0 && rng.Float64() < cfg.FUA && !r.volatile.Load() {
+			flags = nbd.CmdFlagFUA
+		}
 		r.issued.Add(1)
 		started := time.Since(r.start)
 		cl := c
-		if err := r.guard(ctx, cl, func() error { _, err := cl.WriteAt(buf, off); return err }); err != nil {
+		err := r.guard(ctx, cl, func() error { return cl.WriteAtFlags(buf, off, flags) })
+		if err != nil {
+			r.recMu.Lock()
+			rec.inflight = false
+			r.writeDoneLocked(b, seq, false)
+			r.recMu.Unlock()
+		}
+		if errors.Is(err, nbd.ErrUnsupported) && flags != 0 {
+			r.gate.RUnlock()
+			r.setFatal(fmt.Errorf("%w: --fua: %s does not support FUA", ErrConfig, r.targets[url].url))
+			cancel()
+			return
+		}
+		if err != nil {
 			r.failed.Add(1)
 			r.gate.RUnlock()
 			next(fmt.Errorf("write: %w", err))
 			continue
 		}
-		rec.answered, rec.url = seq, int32(url)
-		rec.at = r.answer(url, started, b, seq)
+		at := r.answer(url, started, b, seq, flags != 0)
+		r.recMu.Lock()
+		rec.answered, rec.url, rec.at, rec.inflight = seq, int32(url), at, false
+		if flags != 0 {
+			rec.durable, rec.durableAt, rec.durableFUA = seq, at, true
+		}
+		r.writeDoneLocked(b, seq, true)
+		r.recMu.Unlock()
+		if flags == 0 {
+			pending = append(pending, unflushed{b, seq})
+		}
 		writes++
-		if cfg.FlushEvery > 0 && writes%cfg.FlushEvery == 0 {
+		if cfg.FlushEvery > 0 && writes%cfg.FlushEvery == 0 && !r.volatile.Load() {
 			err := r.guard(ctx, cl, cl.Flush)
 			if errors.Is(err, nbd.ErrUnsupported) {
 				r.gate.RUnlock()
@@ -621,6 +754,18 @@ func (r *checkRun) worker(ctx context.Context, cancel context.CancelFunc, w int)
 				next(fmt.Errorf("flush: %w", err))
 				continue
 			}
+			at := time.Since(r.start)
+			// Every write in pending was answered before this FLUSH was
+			// sent, on this connection: durable now (unless a later
+			// version of the block already is).
+			r.recMu.Lock()
+			for _, u := range pending {
+				if rec := &r.recs[u.block]; rec.durable < u.seq {
+					rec.durable, rec.durableAt, rec.durableFUA = u.seq, at, false
+				}
+			}
+			r.recMu.Unlock()
+			pending = pending[:0]
 			r.mu.Lock()
 			r.flushes++
 			r.urls[url].Flushes++
@@ -656,11 +801,14 @@ func (r *checkRun) failure(ctx context.Context, i int, err error) {
 // answer records that export i answered the write of seq to block b issued
 // at started, and returns when (since the start). The time is taken under
 // the lock, so answers are recorded in time order.
-func (r *checkRun) answer(i int, started time.Duration, b int64, seq uint64) time.Duration {
+func (r *checkRun) answer(i int, started time.Duration, b int64, seq uint64, fua bool) time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	at := time.Since(r.start)
 	r.noteAnswerLocked(i, started, at, b, seq)
+	if fua {
+		r.fuaWrites++
+	}
 	return at
 }
 
@@ -722,12 +870,22 @@ func (r *checkRun) result() *CheckResult {
 		}
 		return r.targets[i].url
 	}
-	return &CheckResult{
+	var durable int64
+	r.recMu.Lock()
+	for i := range r.recs {
+		if r.recs[i].durable != 0 {
+			durable++
+		}
+	}
+	r.recMu.Unlock()
+	res := &CheckResult{
+		Durable:           durable,
 		URLs:              append([]string(nil), r.cfg.URLs...),
 		Workers:           r.cfg.Workers,
 		Blocks:            r.cfg.Blocks,
 		BlockSize:         CheckBlockSize,
 		FlushEvery:        r.cfg.FlushEvery,
+		FUA:               r.cfg.FUA,
 		Seed:              r.cfg.Seed,
 		Start:             r.start,
 		Duration:          r.end,
@@ -736,6 +894,7 @@ func (r *checkRun) result() *CheckResult {
 		Answered:          r.answered,
 		Failed:            r.failed.Load(),
 		Flushes:           r.flushes,
+		FUAWrites:         r.fuaWrites,
 		Switches:          r.switches,
 		PerURL:            append([]CheckURLStats(nil), r.urls...),
 		LongestGap:        r.gap,
@@ -747,6 +906,8 @@ func (r *checkRun) result() *CheckResult {
 		OldPrimaryDetails: append([]string(nil), r.oldDetails...),
 		LateAnswers:       r.late,
 	}
+	r.fillReads(res)
+	return res
 }
 
 // readBack reads every block from export url (the one that answered
@@ -797,9 +958,11 @@ func (r *checkRun) readBack(ctx context.Context, res *CheckResult, url int) {
 			next(fmt.Errorf("%s: read: %w", r.targets[url].url, err))
 			continue
 		}
+		r.recMu.Lock()
 		for j := range k {
 			r.checkBlock(res, b+j, p[j*CheckBlockSize:(j+1)*CheckBlockSize])
 		}
+		r.recMu.Unlock()
 		b += k
 		progress = time.Now()
 	}
@@ -818,20 +981,38 @@ func (r *checkRun) writeName(seq uint64) string {
 
 // checkBlock checks block b's content against its bookkeeping: it must
 // hold a version in [answered, issued]; with nothing answered it may also
-// hold zeroes (the write never landed).
+// hold zeroes (the write never landed). A lost write is also a lost
+// durable one when the block holds something older than its last durable
+// version.
 func (r *checkRun) checkBlock(res *CheckResult, b int64, data []byte) {
 	res.BlocksRead++
 	rec := r.recs[b]
 	off := b * CheckBlockSize
 	seq, ok := ParseCheckBlock(data, off)
 	zero := bytes.Equal(data, zeroBlock[:])
-	f := CheckFailure{Block: b, Offset: off, Found: seq, FoundValid: ok, Zero: zero, Answered: rec.answered, Issued: rec.issued}
+	f := CheckFailure{Block: b, Offset: off, Found: seq, FoundValid: ok, Zero: zero, Answered: rec.answered, Issued: rec.issued,
+		Durable: rec.durable}
 	if rec.answered != 0 {
 		f.AnsweredBy = r.targets[rec.url].url
 		f.AnsweredAt = rec.at
 	}
 	answeredBy := func() string {
-		return fmt.Sprintf("%s was answered by %s at %.3fs", r.writeName(rec.answered), f.AnsweredBy, f.AnsweredAt.Seconds())
+		s := fmt.Sprintf("%s was answered by %s at %.3fs", r.writeName(rec.answered), f.AnsweredBy, f.AnsweredAt.Seconds())
+		switch {
+		case rec.durable == 0:
+			s += "; no durable version"
+		case rec.durable == rec.answered && rec.durableFUA:
+			s += " with FUA (durable)"
+		case rec.durable == rec.answered:
+			s += fmt.Sprintf(" and flushed at %.3fs (durable)", rec.durableAt.Seconds())
+		default:
+			how := "flushed"
+			if rec.durableFUA {
+				how = "FUA"
+			}
+			s += fmt.Sprintf("; the last durable one is %s (%s at %.3fs)", r.writeName(rec.durable), how, rec.durableAt.Seconds())
+		}
+		return s
 	}
 	switch {
 	case rec.issued == 0:
@@ -848,17 +1029,23 @@ func (r *checkRun) checkBlock(res *CheckResult, b int64, data []byte) {
 		return // the only write(s) never got an answer and never landed
 	case ok && seq < rec.answered:
 		f.Kind, f.Detail = "lost", fmt.Sprintf("holds %s, older than the answered one: %s", r.writeName(seq), answeredBy())
+		f.DurableLost = seq < rec.durable
 	case ok: // seq > issued
 		f.Kind, f.Detail = "corrupt", fmt.Sprintf("holds %s, newer than the last one issued, %s (another writer?)", r.writeName(seq), r.writeName(rec.issued))
 	case rec.answered != 0 && zero:
 		f.Kind, f.Detail = "lost", "holds zeroes: "+answeredBy()
+		f.DurableLost = rec.durable != 0
 	case rec.answered != 0:
 		f.Kind, f.Detail = "lost", "fails its checksum or offset (torn, corrupt or misdirected): "+answeredBy()
+		f.DurableLost = rec.durable != 0
 	default:
 		f.Kind, f.Detail = "corrupt", fmt.Sprintf("fails its checksum or offset and is not zeroes; no write to it was answered (last issued: %s)", r.writeName(rec.issued))
 	}
 	if f.Kind == "lost" {
 		res.Lost++
+		if f.DurableLost {
+			res.LostDurable++
+		}
 	} else {
 		res.Corrupt++
 	}
@@ -900,6 +1087,9 @@ func StartChecker(ctx context.Context, cfg CheckConfig) (*Checker, error) {
 	for w := range cfg.Workers {
 		k.wg.Go(func() { r.worker(wctx, cancel, w) })
 	}
+	for i := range cfg.Readers {
+		k.wg.Go(func() { r.reader(wctx, i) })
+	}
 	return k, nil
 }
 
@@ -915,6 +1105,13 @@ func (k *Checker) Pause() {
 		k.paused = true
 	}
 }
+
+// SetVolatile(true) makes the writers send no FLUSH and no FUA until
+// SetVolatile(false): a window in which every answered write is volatile
+// on the disks (before a simulated power failure, so that it has
+// something to drop). The FUA draws still happen, so the write pattern
+// stays the seed's.
+func (k *Checker) SetVolatile(on bool) { k.r.volatile.Store(on) }
 
 // Resume lets the writers go on after Pause.
 func (k *Checker) Resume() {

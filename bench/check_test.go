@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -235,4 +236,148 @@ func TestCheckAnswerAccounting(t *testing.T) {
 	require.Equal(t, 146*ms, res.LongestGap)
 	require.Equal(t, "B", res.LongestGapFrom)
 	require.Empty(t, res.LongestGapTo)
+}
+
+// volatileDevice has a volatile write cache: WriteAt lands in data, which
+// reads see; Flush copies everything to durable, WriteAtFUA copies its own
+// range (unless lieFUA: a device that answers FUA without making it
+// durable); Crash (a power failure) drops whatever is not durable.
+type volatileDevice struct {
+	mu            sync.Mutex
+	data, durable []byte
+	fuaWrites     atomic.Int64
+	lieFUA        bool
+}
+
+func newVolatileDevice(size int64) *volatileDevice {
+	return &volatileDevice{data: make([]byte, size), durable: make([]byte, size)}
+}
+
+func (d *volatileDevice) Size() int64  { return int64(len(d.data)) }
+func (d *volatileDevice) Close() error { return nil }
+
+func (d *volatileDevice) ReadAt(p []byte, off int64) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return copy(p, d.data[off:]), nil
+}
+
+func (d *volatileDevice) WriteAt(p []byte, off int64) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return copy(d.data[off:], p), nil
+}
+
+func (d *volatileDevice) WriteAtFUA(p []byte, off int64) (int, error) {
+	d.fuaWrites.Add(1)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := copy(d.data[off:], p)
+	if !d.lieFUA {
+		copy(d.durable[off:], p)
+	}
+	return n, nil
+}
+
+func (d *volatileDevice) Flush() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	copy(d.durable, d.data)
+	return nil
+}
+
+func (d *volatileDevice) Crash() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	copy(d.data, d.durable)
+}
+
+// runUntilCrash runs a Checker against dev for d, pauses it, crashes dev
+// and verifies.
+func runUntilCrash(t *testing.T, dev *volatileDevice, cfg CheckConfig, d time.Duration) *CheckResult {
+	t.Helper()
+	url, _ := serveCheck(t, dev)
+	cfg.URLs = []string{url}
+	k, err := StartChecker(context.Background(), cfg)
+	require.NoError(t, err)
+	defer k.Stop()
+	time.Sleep(d)
+	k.Pause()
+	dev.Crash()
+	res, err := k.Verify(context.Background(), 0)
+	require.NoError(t, err)
+	logCheck(t, res)
+	return res
+}
+
+// FUA writes: a fraction of the writes carry NBD_CMD_FLAG_FUA (the server
+// sees exactly those), and a power failure that drops every write not made
+// durable loses answered writes (the check finds them) but no durable one.
+func TestCheckerFUAWritesSurvivePowerFailure(t *testing.T) {
+	dev := newVolatileDevice(checkTestBlocks * CheckBlockSize)
+	cfg := checkTestConfig(0)
+	cfg.FUA = 0.25
+	res := runUntilCrash(t, dev, cfg, 300*time.Millisecond)
+	require.Positive(t, res.FUAWrites)
+	require.Equal(t, dev.fuaWrites.Load(), res.FUAWrites, "the server saw FUA on exactly the FUA writes")
+	require.InDelta(t, 0.25, float64(res.FUAWrites)/float64(res.Answered), 0.05)
+	require.Positive(t, res.Durable)
+	require.Positive(t, res.Lost, "the crash dropped answered volatile writes")
+	require.Zero(t, res.LostDurable, "no FUA write was lost")
+	for _, f := range res.Failures {
+		require.False(t, f.DurableLost, f.String())
+	}
+}
+
+// FLUSH: a write answered before an answered FLUSH is durable; a device
+// that only pretends to persist FUA writes loses durable writes, and the
+// check says so.
+func TestCheckerDurableLostIsCaught(t *testing.T) {
+	cfg := checkTestConfig(0)
+	cfg.FlushEvery = 4
+	res := runUntilCrash(t, newVolatileDevice(checkTestBlocks*CheckBlockSize), cfg, 300*time.Millisecond)
+	require.Positive(t, res.Flushes)
+	require.Positive(t, res.Durable)
+	require.Zero(t, res.LostDurable, "every flushed write survived")
+
+	liar := newVolatileDevice(checkTestBlocks * CheckBlockSize)
+	liar.lieFUA = true
+	cfg = checkTestConfig(0)
+	cfg.FUA = 1
+	res = runUntilCrash(t, liar, cfg, 300*time.Millisecond)
+	require.Positive(t, res.LostDurable)
+	require.Equal(t, res.Lost, res.LostDurable, "every write was FUA")
+	require.True(t, res.Failures[0].DurableLost)
+	require.Contains(t, res.Failures[0].Detail, "with FUA (durable)")
+	require.Contains(t, res.Err().Error(), "lost writes")
+	_, err := StartChecker(context.Background(), CheckConfig{URLs: []string{"x:1"}, Workers: 1, Blocks: 8, FUA: 1.5})
+	require.ErrorIs(t, err, ErrConfig)
+}
+
+// SetVolatile: while set, no FUA and no FLUSH reaches the export, so a
+// power failure then drops answered writes; the check reports them as
+// lost, none of them durable.
+func TestCheckerVolatileWindow(t *testing.T) {
+	dev := newVolatileDevice(checkTestBlocks * CheckBlockSize)
+	url, _ := serveCheck(t, dev)
+	cfg := checkTestConfig(0, url)
+	cfg.FUA, cfg.FlushEvery = 0.5, 2
+	k, err := StartChecker(context.Background(), cfg)
+	require.NoError(t, err)
+	defer k.Stop()
+	time.Sleep(100 * time.Millisecond)
+	k.Pause()
+	fua := dev.fuaWrites.Load()
+	require.Positive(t, fua)
+	k.SetVolatile(true)
+	k.Resume()
+	time.Sleep(200 * time.Millisecond)
+	k.Pause()
+	require.Equal(t, fua, dev.fuaWrites.Load(), "no FUA while volatile")
+	dev.Crash()
+	res, err := k.Verify(context.Background(), 0)
+	require.NoError(t, err)
+	logCheck(t, res)
+	require.Positive(t, res.Lost, "the writes of the window were volatile")
+	require.Zero(t, res.LostDurable)
 }

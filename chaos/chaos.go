@@ -1,14 +1,17 @@
 // Package chaos is `twinbd chaos`: a randomized fault-injection harness.
 // It runs a pair and a witness on loopback (the current binary, re-executed)
-// with every link through an in-process fault proxy, keeps a write load
-// running that follows the Primary (bench.Checker), injects a seeded
-// schedule of faults (kill -9 of a node or the witness, SIGSTOP of a node,
-// partitions, delay, loss, planned switchovers, a stalled replication
-// stream followed by kill -9 of the Primary), and after every fault, once
-// it is healed and the pair is connected and in sync, checks that no
-// acknowledged write was lost, that two nodes never answered writes at the
-// same time, that the replicas are byte-for-byte identical, that no stale
-// node promoted itself and that no daemon exited on its own.
+// with every link through an in-process fault proxy, keeps a load running
+// that follows the Primary (bench.Checker: writers with FLUSH and FUA, and
+// readers that check what they read), injects a seeded schedule of faults
+// (kill -9 of a node or the witness, SIGSTOP of a node, partitions of the
+// peer link whole or of one of its two channels and of the witness links,
+// delay, loss, planned switchovers, a stalled replication stream followed
+// by kill -9 of the Primary, a disk failing writes, a power failure), and
+// after every fault, once it is healed and
+// the pair is connected and in sync, checks that no acknowledged write was
+// lost, that no read went backwards, that two nodes never answered writes
+// at the same time, that the replicas are byte-for-byte identical, that no
+// stale node promoted itself and that no daemon exited on its own.
 // docs/chaos.md describes it.
 package chaos
 
@@ -46,12 +49,17 @@ type Config struct {
 	// Protocol is the replication protocol ("C"; "A" to see the harness
 	// catch lost writes).
 	Protocol string
-	// Size of each backing file (0: 64 MiB); Workers, Blocks (4 KiB) and
-	// FlushEvery shape the write load (0: 4, 4096, 16).
+	// Size of each backing file (0: 64 MiB); Workers, Blocks (4 KiB),
+	// FlushEvery and FUA (the fraction of writes with FUA) shape the write
+	// load (0: 4, 4096, 16, 0.1; a negative FUA: none).
 	Size       int64
 	Workers    int
 	Blocks     int64
 	FlushEvery int
+	FUA        float64
+	// Readers read blocks during the load and check every one at once
+	// (bench/checkread.go; 0: 2, negative: none).
+	Readers int
 	// SettleTimeout bounds how long a healed pair may take to be
 	// connected, in sync and with one Primary (0: 90 s).
 	SettleTimeout time.Duration
@@ -60,6 +68,9 @@ type Config struct {
 	KeepGoing bool
 	// Out gets one line per fault and the summary (nil: discarded).
 	Out io.Writer
+
+	// removePassed removes Dir after a passing run (Soak's scenarios).
+	removePassed bool
 }
 
 // FaultResult is what one fault did and what the checks said.
@@ -78,6 +89,11 @@ type FaultResult struct {
 	Lost     int64    `json:"lost"`
 	Notes    []string `json:"notes,omitempty"`
 	Problems []string `json:"problems,omitempty"`
+	// Reverted is what a power-fail dropped from the node's disk (bytes;
+	// -1: not found in its log).
+	Reverted int64 `json:"reverted_bytes,omitempty"`
+	// Diskless: a disk-write-error detached the disk (it was replaced).
+	Diskless bool `json:"went_diskless,omitempty"`
 }
 
 // OK says whether every property held after this fault.
@@ -95,6 +111,31 @@ type Report struct {
 	Final    *bench.CheckResult    `json:"final_check,omitempty"`
 	Problems []string              `json:"problems,omitempty"`
 	Proxies  map[string]ProxyStats `json:"proxies"`
+	// Checks counts how often each property (the Prop* names) was
+	// checked: a read-back, a replica comparison, a settle, a watched
+	// stale survivor.
+	Checks map[string]int `json:"checks"`
+}
+
+// The properties a run checks (Report.Checks keys).
+const (
+	PropNoLostWrite = "no acknowledged write lost"   // a read-back of every block
+	PropReads       = "reads never go backwards"     // the live readers' verdicts, at each read-back
+	PropOneWriter   = "at most one writer"           // the answers, at each read-back
+	PropReplicas    = "replicas identical"           // the backing files compared after healing
+	PropConverged   = "pair converges after healing" // connected, in sync, one Primary within the settle timeout
+	PropNoStale     = "no stale node promoted"       // a stale survivor watched while its peer was dead
+	PropNoCrash     = "no daemon crash"              // no daemon or witness exited by itself
+)
+
+// Properties are the Prop* names, in the order docs/chaos.md lists them.
+var Properties = []string{PropNoLostWrite, PropReads, PropOneWriter, PropReplicas, PropNoStale, PropNoCrash, PropConverged}
+
+// verified counts the properties a read-back checks.
+func (r *runner) verified() {
+	for _, p := range []string{PropNoLostWrite, PropReads, PropOneWriter} {
+		r.rep.Checks[p]++
+	}
 }
 
 // OK says whether every property held throughout.
@@ -111,7 +152,7 @@ type runner struct {
 	primary string
 	out     io.Writer
 	rep     *Report
-	oldPrim int64 // two-writer answers seen so far
+	seen    seenSoFar // what earlier checks already reported
 	ctx     context.Context
 }
 
@@ -128,6 +169,12 @@ func nodeIndex(n string) int {
 	}
 	return 0
 }
+
+// readPause is the readers' pause between two reads of 8 blocks. Measured
+// here with two readers: about 4400 blocks a second in all (the default
+// working set about once a second), and the writers answer about half
+// the writes they answer without readers (a third with unpaced ones).
+const readPause = 2 * time.Millisecond
 
 // Run runs cfg. The report is returned even when err != nil (err wraps
 // ErrFailed when a property did not hold; other errors mean the run
@@ -154,6 +201,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.FlushEvery == 0 {
 		cfg.FlushEvery = 16
 	}
+	switch {
+	case cfg.FUA == 0:
+		cfg.FUA = 0.1
+	case cfg.FUA < 0:
+		cfg.FUA = 0
+	}
+	switch {
+	case cfg.Readers == 0:
+		cfg.Readers = 2
+	case cfg.Readers < 0:
+		cfg.Readers = 0
+	}
 	if cfg.SettleTimeout == 0 {
 		cfg.SettleTimeout = 90 * time.Second
 	}
@@ -176,7 +235,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	dir, _ = filepath.Abs(dir)
-	rep := &Report{Seed: cfg.Seed, Dir: dir, Protocol: cfg.Protocol, Proxies: map[string]ProxyStats{}}
+	rep := &Report{Seed: cfg.Seed, Dir: dir, Protocol: cfg.Protocol, Proxies: map[string]ProxyStats{}, Checks: map[string]int{}}
+	for _, p := range Properties {
+		rep.Checks[p] = 0 // a property never checked shows as 0
+	}
 	fmt.Fprintf(out, "chaos: seed %d (--seed %d replays this schedule), protocol %s, run dir %s\n", cfg.Seed, cfg.Seed, cfg.Protocol, dir)
 
 	r := &runner{cfg: cfg, out: out, rep: rep, start: time.Now(), ctx: ctx}
@@ -185,7 +247,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		rep.Problems = append(rep.Problems, "run: "+err.Error())
 	}
-	rep.Kept = !tempDir || !rep.OK()
+	rep.Kept = !(tempDir || cfg.removePassed) || !rep.OK()
 	if !rep.Kept {
 		_ = os.RemoveAll(dir)
 	}
@@ -215,7 +277,7 @@ func (r *runner) run(ctx context.Context, dir string) error {
 	}
 	k, err := bench.StartChecker(ctx, bench.CheckConfig{
 		URLs: []string{c.url("alpha"), c.url("beta")}, Workers: r.cfg.Workers, Blocks: r.cfg.Blocks,
-		FlushEvery: r.cfg.FlushEvery, Seed: r.cfg.Seed | 1, DialTimeout: time.Second,
+		FlushEvery: r.cfg.FlushEvery, FUA: r.cfg.FUA, Readers: r.cfg.Readers, ReadPause: readPause, Seed: r.cfg.Seed | 1, DialTimeout: time.Second,
 		RequestTimeout: 5 * time.Second, ReadTimeout: 20 * time.Second, RetryPause: 50 * time.Millisecond,
 	})
 	if err != nil {
@@ -223,8 +285,8 @@ func (r *runner) run(ctx context.Context, dir string) error {
 	}
 	r.k = k
 	defer k.Stop()
-	fmt.Fprintf(r.out, "chaos: pair up and in sync after %.1fs; alpha is Primary; write load running (%d workers, %d blocks, flush every %d)\n",
-		r.since().Seconds(), r.cfg.Workers, r.cfg.Blocks, r.cfg.FlushEvery)
+	fmt.Fprintf(r.out, "chaos: pair up and in sync after %.1fs; alpha is Primary; load running (%d writers, %d blocks, flush every %d, FUA %g; %d readers)\n",
+		r.since().Seconds(), r.cfg.Workers, r.cfg.Blocks, r.cfg.FlushEvery, r.cfg.FUA, r.cfg.Readers)
 
 	n := r.cfg.Faults
 	if n <= 0 {
@@ -250,15 +312,15 @@ func (r *runner) run(ctx context.Context, dir string) error {
 	k.Pause()
 	res, err := k.Verify(context.WithoutCancel(ctx), nodeIndex(r.primary))
 	if err == nil {
+		r.verified()
 		r.rep.Final = res
-		if res.Lost > 0 || res.Corrupt > 0 || res.ReadError != "" || res.OldPrimaryAnswers > r.oldPrim {
-			if r.rep.OK() { // else the fault's problems already say it
-				r.rep.Problems = append(r.rep.Problems, "final check: "+checkProblems(res, r.oldPrim)[0])
-			}
+		if ps := checkProblems(res, r.seen); len(ps) > 0 && r.rep.OK() { // else the fault's problems already say it
+			r.rep.Problems = append(r.rep.Problems, "final check: "+ps[0])
 		}
 	} else {
 		r.rep.Problems = append(r.rep.Problems, "final check: "+err.Error())
 	}
+	r.rep.Checks[PropNoCrash]++
 	for _, cr := range c.takeCrashes() {
 		r.rep.Problems = append(r.rep.Problems, "daemon crash: "+cr)
 	}
@@ -458,7 +520,7 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 		}
 	}
 	switch f.Kind {
-	case KillNode:
+	case KillNode, PowerFail:
 		n := prim
 		if f.Target == "secondary" {
 			n = sec
@@ -466,10 +528,26 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 		fr.Node = n
 		if stale(other(n)) {
 			watch = other(n)
+			r.rep.Checks[PropNoStale]++
 			note("%s was %s before the kill", other(n), pre[other(n)].Devices[0].DiskState)
 		}
-		if err := c.signal(n, syscall.SIGKILL); err != nil {
-			problem("%v", err)
+		if f.Kind == KillNode {
+			if err := c.signal(n, syscall.SIGKILL); err != nil {
+				problem("%v", err)
+			}
+		} else {
+			// A window without FLUSH or FUA, so that the disk holds
+			// unflushed answered writes when the power goes.
+			r.k.SetVolatile(true)
+			sleepCtx(ctx, f.Delay)
+			reverted, err := c.powerFail(n)
+			r.k.SetVolatile(false)
+			fr.Reverted = reverted
+			if err != nil {
+				problem("power-fail %s: %v", n, err)
+			} else {
+				note("%s lost power after %s without FLUSH or FUA: %d bytes of unflushed writes reverted on its disk", n, f.Delay, reverted)
+			}
 		}
 		t0 := time.Now()
 		if n == prim && watch == "" {
@@ -477,6 +555,36 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 		}
 		hold(f.Hold - time.Since(t0))
 		restart(n)
+	case DiskWriteError:
+		n := prim
+		if f.Target == "secondary" {
+			n = sec
+		}
+		fr.Node = n
+		if _, err := c.twinbd(10*time.Second, n, "debug", "disk-fault", "r0", "write-error"); err != nil {
+			problem("disk fault on %s: %v", n, err)
+			break
+		}
+		hold(f.Hold)
+		// The operator's disk replacement (docs/operations.md, "When a
+		// disk fails"): a new disk behind the same path, create-md on the
+		// Diskless resource, attach: a full resync under load.
+		if _, err := c.twinbd(10*time.Second, n, "debug", "disk-fault", "r0", "none"); err != nil {
+			problem("heal disk fault on %s: %v", n, err)
+		}
+		st, err := c.status(n)
+		switch {
+		case err != nil:
+			problem("%v", err)
+		case st.Devices[0].DiskState != "Diskless":
+			note("%s's disk is %s after the fault (no write hit it?): not replaced", n, st.Devices[0].DiskState)
+		default:
+			fr.Diskless = true
+			note("%s went Diskless (%s); replaced and attached", n, st.Devices[0].DiskReason)
+			if err := c.replaceDisk(n); err != nil {
+				problem("replace %s's disk: %v", n, err)
+			}
+		}
 	case KillWitness:
 		fr.Node = "witness"
 		if err := c.signal("witness", syscall.SIGKILL); err != nil {
@@ -515,6 +623,20 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 		}
 		hold(f.Hold)
 		p.Heal()
+	case PartitionData, PartitionMeta:
+		class := DataChannel
+		if f.Kind == PartitionMeta {
+			class = MetaChannel
+		}
+		p, name, d := r.link("peer", f.Dir)
+		fr.Node = name + ", " + class + " channel"
+		if d == Both {
+			p.CutClass(class)
+		} else {
+			p.BlockClass(class, d)
+		}
+		hold(f.Hold)
+		p.Heal()
 	case Switchover:
 		fr.Node = prim + " -> " + sec
 		if _, err := c.twinbd(20*time.Second, prim, "secondary", "--force", "r0"); err != nil {
@@ -549,6 +671,7 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 	}
 
 	settle, notes, err := r.settle(r.cfg.SettleTimeout)
+	r.rep.Checks[PropConverged]++
 	fr.Settle = settle
 	fr.Notes = append(fr.Notes, notes...)
 	fr.Primary = r.primary
@@ -582,11 +705,12 @@ func (r *runner) midCheck(ctx context.Context, fr *FaultResult, survivor string)
 	if err != nil {
 		return []string{"check after failover: " + err.Error()}
 	}
+	r.verified()
 	var out []string
-	for _, p := range checkProblems(res, r.oldPrim) {
+	for _, p := range checkProblems(res, r.seen) {
 		out = append(out, "right after failover to "+survivor+": "+p)
 	}
-	r.oldPrim = res.OldPrimaryAnswers
+	r.seen = seenIn(res)
 	fr.Lost = res.Lost
 	fr.Notes = append(fr.Notes, fmt.Sprintf("checked on %s right after the failover: %d lost", survivor, res.Lost))
 	return out
@@ -619,31 +743,51 @@ func (r *runner) check(ctx context.Context, fr *FaultResult) []string {
 		case err != nil:
 			problems = append(problems, "replicas: "+err.Error())
 		case diff != "":
+			r.rep.Checks[PropReplicas]++
 			problems = append(problems, "replicas differ after healing: "+diff)
+		default:
+			r.rep.Checks[PropReplicas]++
 		}
 	}
 	res, err := k.Verify(context.WithoutCancel(ctx), nodeIndex(r.primary))
 	if err != nil {
 		return append(problems, "check: "+err.Error())
 	}
+	r.verified()
+	r.rep.Checks[PropNoCrash]++
 	fr.Answered, fr.Lost = res.Answered, max(fr.Lost, res.Lost)
-	problems = append(problems, checkProblems(res, r.oldPrim)...)
-	r.oldPrim = res.OldPrimaryAnswers
+	problems = append(problems, checkProblems(res, r.seen)...)
+	r.seen = seenIn(res)
 	for _, cr := range c.takeCrashes() {
 		problems = append(problems, "daemon crash: "+cr)
 	}
 	return problems
 }
 
-// checkProblems says what a check found wrong (answers from an old
-// Primary are counted from prevOld on).
-func checkProblems(res *bench.CheckResult, prevOld int64) []string {
+// seenSoFar is what the checks so far counted of the run-wide counters
+// (the checker's counters are since the start; a check reports what is new).
+type seenSoFar struct {
+	oldPrimary int64 // two-writer answers
+	badReads   int64 // stale, backward and corrupt live reads
+}
+
+func seenIn(res *bench.CheckResult) seenSoFar {
+	return seenSoFar{oldPrimary: res.OldPrimaryAnswers, badReads: badReads(res)}
+}
+
+func badReads(res *bench.CheckResult) int64 {
+	return res.StaleReads + res.BackwardReads + res.CorruptReads
+}
+
+// checkProblems says what a check found wrong (two-writer answers and bad
+// live reads are counted from prev on).
+func checkProblems(res *bench.CheckResult, prev seenSoFar) []string {
 	var out []string
 	if res.ReadError != "" {
 		out = append(out, fmt.Sprintf("read back %d of %d blocks: %s", res.BlocksRead, res.Blocks, res.ReadError))
 	}
 	if res.Lost > 0 {
-		s := fmt.Sprintf("%d acknowledged writes lost", res.Lost)
+		s := fmt.Sprintf("%d acknowledged writes lost (%d of them durable)", res.Lost, res.LostDurable)
 		if len(res.Failures) > 0 {
 			s += " (first: " + res.Failures[0].String() + ")"
 		}
@@ -652,10 +796,18 @@ func checkProblems(res *bench.CheckResult, prevOld int64) []string {
 	if res.Corrupt > 0 {
 		out = append(out, fmt.Sprintf("%d corrupt blocks", res.Corrupt))
 	}
-	if res.OldPrimaryAnswers > prevOld {
-		s := fmt.Sprintf("two writers: %d answers from the old Primary after the new one answered", res.OldPrimaryAnswers-prevOld)
+	if res.OldPrimaryAnswers > prev.oldPrimary {
+		s := fmt.Sprintf("two writers: %d answers from the old Primary after the new one answered", res.OldPrimaryAnswers-prev.oldPrimary)
 		if len(res.OldPrimaryDetails) > 0 {
 			s += " (" + res.OldPrimaryDetails[len(res.OldPrimaryDetails)-1] + ")"
+		}
+		out = append(out, s)
+	}
+	if n := badReads(res); n > prev.badReads {
+		s := fmt.Sprintf("%d bad reads during the load (%d stale, %d backward, %d corrupt since the start)",
+			n-prev.badReads, res.StaleReads, res.BackwardReads, res.CorruptReads)
+		if len(res.ReadFailures) > 0 {
+			s += " (" + res.ReadFailures[len(res.ReadFailures)-1].String() + ")"
 		}
 		out = append(out, s)
 	}
@@ -709,13 +861,15 @@ func (r *runner) summary() {
 	rep := r.rep
 	fmt.Fprintf(r.out, "chaos: %d faults in %.1fs, seed %d, protocol %s\n", len(rep.Faults), rep.Elapsed.Seconds(), rep.Seed, rep.Protocol)
 	if f := rep.Final; f != nil {
-		fmt.Fprintf(r.out, "chaos: writes %d issued, %d answered, %d failed, %d flushes; %d failovers seen by the client; longest gap %.3fs\n",
-			f.Issued, f.Answered, f.Failed, f.Flushes, f.Switches, f.LongestGap.Seconds())
-		fmt.Fprintf(r.out, "chaos: final read-back %d blocks: %d lost, %d corrupt; %d two-writer answers, %d late answers\n",
-			f.BlocksRead, f.Lost, f.Corrupt, f.OldPrimaryAnswers, f.LateAnswers)
+		fmt.Fprintf(r.out, "chaos: writes %d issued, %d answered (%d with FUA), %d failed, %d flushes; %d failovers seen by the client; longest gap %.3fs\n",
+			f.Issued, f.Answered, f.FUAWrites, f.Failed, f.Flushes, f.Switches, f.LongestGap.Seconds())
+		fmt.Fprintf(r.out, "chaos: reads during the load %d (%d blocks): %d stale, %d backward, %d corrupt; %d unanswered versions vanished, %d torn by a write in flight\n",
+			f.Reads, f.ReadBlocks, f.StaleReads, f.BackwardReads, f.CorruptReads, f.VanishedReads, f.TornReads)
+		fmt.Fprintf(r.out, "chaos: final read-back %d blocks: %d lost (%d durable), %d corrupt; %d two-writer answers, %d late answers\n",
+			f.BlocksRead, f.Lost, f.LostDurable, f.Corrupt, f.OldPrimaryAnswers, f.LateAnswers)
 	}
 	if rep.OK() {
-		fmt.Fprintf(r.out, "chaos: PASS: no acknowledged write lost, never two writers, replicas identical after every fault, no stale promotion, no daemon crash\n")
+		fmt.Fprintf(r.out, "chaos: PASS: no acknowledged write lost, no read went backwards, never two writers, replicas identical after every fault, no stale promotion, no daemon crash\n")
 	} else {
 		for _, p := range rep.Problems {
 			fmt.Fprintf(r.out, "chaos: FAIL: %s\n", p)

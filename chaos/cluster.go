@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -75,7 +77,9 @@ func newCluster(bin, dir string, size int64, protocol string, seed uint64) (*clu
 	c.repl["alpha"], c.repl["beta"] = ports[2], ports[3]
 	c.witness = fmt.Sprintf("127.0.0.1:%d", ports[4])
 	var err error
-	if c.peer, err = NewProxy("peer", fmt.Sprintf("127.0.0.1:%d", c.repl["beta"]), seed); err != nil {
+	c.peer, err = NewClassifyingProxy("peer", fmt.Sprintf("127.0.0.1:%d", c.repl["beta"]), seed,
+		Classifier{N: replication.PreambleSize, Name: peerChannel})
+	if err != nil {
 		return nil, err
 	}
 	for i, n := range Nodes {
@@ -121,6 +125,27 @@ func newCluster(bin, dir string, size int64, protocol string, seed uint64) (*clu
 		return nil, err
 	}
 	return c, nil
+}
+
+// The classes of the peer proxy's connections: the replication channels.
+const (
+	DataChannel = "data"
+	MetaChannel = "meta"
+)
+
+// peerChannel names a peer-link connection by the preamble its dialer
+// sends first (replication/transport.go): "TWBC", version, channel, 0, 0.
+func peerChannel(first []byte) string {
+	if len(first) < replication.PreambleSize || string(first[:4]) != "TWBC" {
+		return ""
+	}
+	switch replication.Channel(first[5]) {
+	case replication.ChannelData:
+		return DataChannel
+	case replication.ChannelMeta:
+		return MetaChannel
+	}
+	return ""
 }
 
 func (c *cluster) proxies() []*Proxy { return []*Proxy{c.peer, c.wlink["alpha"], c.wlink["beta"]} }
@@ -194,9 +219,10 @@ func (c *cluster) start(name string, args ...string) error {
 	return nil
 }
 
-// startDaemon starts node's daemon and waits for its control socket.
+// startDaemon starts node's daemon (with fault injection: `debug
+// disk-fault` works) and waits for its control socket.
 func (c *cluster) startDaemon(node string) error {
-	if err := c.start(node, c.args(node, "daemon", "--log-level", "info")...); err != nil {
+	if err := c.start(node, c.args(node, "daemon", "--log-level", "info", "--fault-injection")...); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -258,6 +284,67 @@ func (c *cluster) signal(name string, sig syscall.Signal) error {
 		}
 	}
 	return nil
+}
+
+// powerFail makes node's disk lose power (`debug disk-fault r0
+// power-fail`: every unflushed write reverted, the daemon exits at once)
+// and waits for the daemon to be gone (an exit the harness caused, not a
+// crash). It returns the bytes the daemon logged as reverted (-1: not
+// found in its log).
+func (c *cluster) powerFail(node string) (int64, error) {
+	c.mu.Lock()
+	p := c.procs[node]
+	c.mu.Unlock()
+	if p == nil {
+		return 0, fmt.Errorf("%s is not running", node)
+	}
+	p.mu.Lock()
+	p.expected = true
+	p.mu.Unlock()
+	_, err := c.twinbd(10*time.Second, node, "debug", "disk-fault", "r0", "power-fail")
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return 0, fmt.Errorf("%s still ran 20 s after power-fail (killed): %v", node, err)
+	}
+	if err != nil {
+		return 0, err
+	}
+	b, err := os.ReadFile(filepath.Join(c.dir, node+".log"))
+	if err != nil {
+		return -1, nil
+	}
+	if i := bytes.LastIndex(b, []byte("simulated power failure")); i >= 0 {
+		if m := revertedRE.FindSubmatch(b[i:]); m != nil {
+			n, err := strconv.ParseInt(string(m[1]), 10, 64)
+			if err == nil {
+				return n, nil
+			}
+		}
+	}
+	return -1, nil
+}
+
+var revertedRE = regexp.MustCompile(`reverted=(\d+)`)
+
+// replaceDisk replaces node's failed disk while the resource is up and
+// Diskless: a new, empty disk behind the same path, create-md, attach
+// (a full resync from the peer follows).
+func (c *cluster) replaceDisk(node string) error {
+	img := filepath.Join(c.dir, node+".img")
+	if err := os.Truncate(img, 0); err != nil {
+		return err
+	}
+	if err := os.Truncate(img, c.size); err != nil {
+		return err
+	}
+	if _, err := c.twinbd(30*time.Second, node, "create-md", "--force", "r0"); err != nil {
+		return err
+	}
+	_, err := c.twinbd(30*time.Second, node, "attach", "r0")
+	return err
 }
 
 // running says whether the process is alive.

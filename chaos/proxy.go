@@ -1,9 +1,13 @@
 package chaos
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"time"
 )
@@ -37,21 +41,39 @@ func (d Direction) String() string {
 // retransmit them), a cut (every connection closed, new ones refused), a
 // delay per chunk, and loss (TCP cannot lose bytes, so a "lost" chunk
 // drops the whole connection).
+//
+// With a Classifier, the proxy names each connection by the first bytes
+// its client sends (read before it dials the target), and a partition can
+// hit only the connections of one class (BlockClass, CutClass): the peer
+// link's data or meta channel, told apart by the replication preamble.
 type Proxy struct {
-	Name   string
-	ln     net.Listener
-	target string
+	Name     string
+	ln       net.Listener
+	target   string
+	classify Classifier
 
-	mu     sync.Mutex
-	cond   *sync.Cond
-	closed bool
-	cut    bool
-	block  [2]bool
-	delay  [2]time.Duration
-	loss   [2]float64
-	rng    *rand.Rand
-	conns  map[*proxyConn]bool
-	stats  ProxyStats
+	mu         sync.Mutex
+	cond       *sync.Cond
+	closed     bool
+	cut        bool
+	block      [2]bool
+	delay      [2]time.Duration
+	loss       [2]float64
+	classCut   map[string]bool
+	classBlock map[string][2]bool
+	rng        *rand.Rand
+	conns      map[*proxyConn]bool
+	stats      ProxyStats
+}
+
+// Classifier names a connection from the first N bytes its client sends
+// ("" if they do not say). The bytes are forwarded as usual.
+type Classifier struct {
+	N    int
+	Name func(first []byte) string
+	// Timeout bounds the wait for the N bytes (0: 5 s); a client that
+	// sends fewer in time is forwarded unclassified.
+	Timeout time.Duration
 }
 
 // ProxyStats counts what a Proxy did.
@@ -60,10 +82,13 @@ type ProxyStats struct {
 	Refused  int64 `json:"refused"`
 	Dropped  int64 `json:"dropped"` // connections dropped for loss
 	Chunks   int64 `json:"chunks"`
+	// Classes counts the connections accepted per class (with a Classifier).
+	Classes map[string]int64 `json:"classes,omitempty"`
 }
 
 type proxyConn struct {
 	a, b   net.Conn
+	class  string
 	closed bool
 }
 
@@ -74,7 +99,27 @@ func NewProxy(name, target string, seed uint64) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{Name: name, ln: ln, target: target, rng: rand.New(rand.NewPCG(seed, 0x70726f7879)), conns: map[*proxyConn]bool{}}
+	p := &Proxy{Name: name, ln: ln, target: target, rng: rand.New(rand.NewPCG(seed, 0x70726f7879)), conns: map[*proxyConn]bool{},
+		classCut: map[string]bool{}, classBlock: map[string][2]bool{}}
+	p.cond = sync.NewCond(&p.mu)
+	go p.serve()
+	return p, nil
+}
+
+// NewClassifyingProxy is NewProxy with a Classifier.
+func NewClassifyingProxy(name, target string, seed uint64, c Classifier) (*Proxy, error) {
+	if c.N <= 0 || c.Name == nil {
+		return nil, fmt.Errorf("chaos: proxy %s: classifier needs N > 0 and Name", name)
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 5 * time.Second
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{Name: name, ln: ln, target: target, classify: c, rng: rand.New(rand.NewPCG(seed, 0x70726f7879)), conns: map[*proxyConn]bool{},
+		classCut: map[string]bool{}, classBlock: map[string][2]bool{}}
 	p.cond = sync.NewCond(&p.mu)
 	go p.serve()
 	return p, nil
@@ -129,6 +174,34 @@ func (p *Proxy) dropAllLocked() {
 	p.cond.Broadcast()
 }
 
+// BlockClass stops forwarding in d on the connections of one class
+// (existing and new) until Heal.
+func (p *Proxy) BlockClass(class string, d Direction) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.classBlock[class]
+	for _, i := range idx(d) {
+		b[i] = true
+	}
+	p.classBlock[class] = b
+}
+
+// CutClass closes the connections of one class and refuses new ones of it
+// (closed once their first bytes name the class, before the target is
+// dialed) until Heal.
+func (p *Proxy) CutClass(class string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.classCut[class] = true
+	for c := range p.conns {
+		if c.class == class {
+			c.closeLocked()
+			delete(p.conns, c)
+		}
+	}
+	p.cond.Broadcast()
+}
+
 // Delay holds every chunk in d for dur before forwarding it.
 func (p *Proxy) Delay(d Direction, dur time.Duration) {
 	p.mu.Lock()
@@ -156,6 +229,8 @@ func (p *Proxy) Heal() {
 	p.block = [2]bool{}
 	p.delay = [2]time.Duration{}
 	p.loss = [2]float64{}
+	clear(p.classCut)
+	clear(p.classBlock)
 	p.cond.Broadcast()
 }
 
@@ -163,7 +238,11 @@ func (p *Proxy) Heal() {
 func (p *Proxy) Stats() ProxyStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.stats
+	st := p.stats
+	if p.stats.Classes != nil {
+		st.Classes = maps.Clone(p.stats.Classes)
+	}
+	return st
 }
 
 // Close stops listening and drops every connection.
@@ -196,24 +275,55 @@ func (p *Proxy) serve() {
 }
 
 func (p *Proxy) connect(c net.Conn) {
+	var first []byte
+	class := ""
+	if p.classify.N > 0 {
+		first = make([]byte, p.classify.N)
+		_ = c.SetReadDeadline(time.Now().Add(p.classify.Timeout))
+		n, err := io.ReadFull(c, first)
+		first = first[:n]
+		_ = c.SetReadDeadline(time.Time{})
+		if err == nil {
+			class = p.classify.Name(first)
+		} else if n == 0 && !errors.Is(err, os.ErrDeadlineExceeded) {
+			_ = c.Close() // gone before saying anything
+			return
+		}
+		p.mu.Lock()
+		refuse := p.classCut[class] || p.cut || p.closed
+		if refuse {
+			p.stats.Refused++
+		}
+		p.mu.Unlock()
+		if refuse {
+			_ = c.Close()
+			return
+		}
+	}
 	u, err := net.DialTimeout("tcp", p.target, 2*time.Second)
 	if err != nil {
 		_ = c.Close()
 		return
 	}
-	pc := &proxyConn{a: c, b: u}
+	pc := &proxyConn{a: c, b: u, class: class}
 	p.mu.Lock()
-	if p.cut || p.closed {
+	if p.cut || p.closed || p.classCut[class] {
 		p.stats.Refused++
 		pc.closeLocked()
 		p.mu.Unlock()
 		return
 	}
 	p.stats.Accepted++
+	if p.classify.N > 0 {
+		if p.stats.Classes == nil {
+			p.stats.Classes = map[string]int64{}
+		}
+		p.stats.Classes[class]++
+	}
 	p.conns[pc] = true
 	p.mu.Unlock()
-	go p.pump(pc, 0, c, u)
-	go p.pump(pc, 1, u, c)
+	go p.pump(pc, 0, c, u, first)
+	go p.pump(pc, 1, u, c, nil)
 }
 
 func (c *proxyConn) closeLocked() {
@@ -232,9 +342,17 @@ func (p *Proxy) drop(pc *proxyConn) {
 	p.mu.Unlock()
 }
 
-// pump forwards src to dst (direction index d) chunk by chunk.
-func (p *Proxy) pump(pc *proxyConn, d int, src, dst net.Conn) {
+// pump forwards first, then src, to dst (direction index d) chunk by chunk.
+func (p *Proxy) pump(pc *proxyConn, d int, src, dst net.Conn, first []byte) {
 	defer p.drop(pc)
+	if len(first) > 0 {
+		if !p.pass(pc, d) {
+			return
+		}
+		if _, err := dst.Write(first); err != nil {
+			return
+		}
+	}
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
@@ -256,7 +374,7 @@ func (p *Proxy) pump(pc *proxyConn, d int, src, dst net.Conn) {
 // false: drop the connection.
 func (p *Proxy) pass(pc *proxyConn, d int) bool {
 	p.mu.Lock()
-	for p.block[d] && !pc.closed {
+	for (p.block[d] || p.classBlock[pc.class][d]) && !pc.closed {
 		p.cond.Wait()
 	}
 	if pc.closed {

@@ -15,15 +15,20 @@ const (
 	KillWitness      = "kill-witness"      // kill -9 of the witness; restart after Hold
 	StopNode         = "stop-node"         // SIGSTOP a node daemon; SIGCONT after Hold (a slow node)
 	PartitionPeer    = "partition-peer"    // the peer link stops forwarding (Dir) or is cut (both)
+	PartitionData    = "partition-data"    // only the peer link's data connection (writes, resync), the same
+	PartitionMeta    = "partition-meta"    // only the peer link's meta connection (acks, pings, state), the same
 	PartitionWitness = "partition-witness" // one node's witness link, the same
 	DelayLink        = "delay"             // a link holds every chunk for Delay
 	LossLink         = "loss"              // a link drops the connection with probability Loss per chunk
 	Switchover       = "switchover"        // secondary --force on the Primary, primary on the other, under load
 	StallKill        = "stall-kill"        // the Primary's replication stream stalls, then kill -9 of the Primary
+	DiskWriteError   = "disk-write-error"  // a node's disk fails writes (EIO); after Hold a new disk is attached
+	PowerFail        = "power-fail"        // a node loses power: unflushed writes dropped, daemon gone; restart after Hold
 )
 
 // AllKinds are the kinds a schedule draws from by default.
-var AllKinds = []string{KillNode, KillWitness, StopNode, PartitionPeer, PartitionWitness, DelayLink, LossLink, Switchover, StallKill}
+var AllKinds = []string{KillNode, KillWitness, StopNode, PartitionPeer, PartitionData, PartitionMeta, PartitionWitness,
+	DelayLink, LossLink, Switchover, StallKill, DiskWriteError, PowerFail}
 
 // Fault is one entry of a schedule.
 type Fault struct {
@@ -34,9 +39,11 @@ type Fault struct {
 	Target string `json:"target"`
 	// Dir for partitions, delay and loss, from the Primary's side: up is
 	// Primary→Secondary (or node→witness), down the other way, both.
-	Dir   string        `json:"dir,omitempty"`
-	Load  time.Duration `json:"load_ns"` // write load before the fault starts
-	Hold  time.Duration `json:"hold_ns"` // how long the fault is held before it is healed
+	Dir  string        `json:"dir,omitempty"`
+	Load time.Duration `json:"load_ns"` // write load before the fault starts
+	Hold time.Duration `json:"hold_ns"` // how long the fault is held before it is healed
+	// Delay: a delay fault's delay per chunk; power-fail's window without
+	// FLUSH or FUA before the power goes (so it has something to drop).
 	Delay time.Duration `json:"delay_ns,omitempty"`
 	Loss  float64       `json:"loss,omitempty"`
 }
@@ -73,11 +80,15 @@ func Schedule(seed uint64, n int, kinds []string) []Fault {
 		switch f.Kind {
 		case KillNode:
 			f.Target, f.Hold = role(), ms(1000, 6000)
+		case PowerFail:
+			f.Target, f.Hold, f.Delay = role(), ms(1000, 6000), ms(200, 800)
+		case DiskWriteError:
+			f.Target, f.Hold = role(), ms(500, 4000)
 		case KillWitness:
 			f.Target, f.Hold = "witness", ms(1000, 6000)
 		case StopNode:
 			f.Target, f.Hold = role(), ms(500, 5000)
-		case PartitionPeer:
+		case PartitionPeer, PartitionData, PartitionMeta:
 			f.Target, f.Dir, f.Hold = "peer", dir(), ms(1000, 6000)
 		case PartitionWitness:
 			f.Target, f.Dir, f.Hold = role(), dir(), ms(1000, 6000)

@@ -466,3 +466,36 @@ func TestClientZeroLengthAndBadOffsets(t *testing.T) {
 	require.ErrorIs(t, c.Trim(0, 1), ErrUnsupported)
 	require.ErrorIs(t, c.WriteZeroes(0, 1, 0), ErrUnsupported)
 }
+
+// fuaExport records the fua flag of every write it is handed.
+type fuaExport struct {
+	Export
+	mu   sync.Mutex
+	fuas []bool
+}
+
+func (e *fuaExport) WriteAt(p []byte, off int64, fua bool) error {
+	e.mu.Lock()
+	e.fuas = append(e.fuas, fua)
+	e.mu.Unlock()
+	return e.Export.WriteAt(p, off, fua)
+}
+
+// WriteAtFlags puts NBD_CMD_FLAG_FUA on the wire: the server hands the
+// write to its export with fua set, and a plain WriteAt without it.
+func TestClientWriteAtFlagsFUAReachesServer(t *testing.T) {
+	e := &fuaExport{Export: memExport(t)}
+	_, addr := srvStart(t, ServerConfig{Exports: StaticResolver{"": e}})
+	c, err := Dial(context.Background(), "tcp", addr, ClientOptions{Timeout: 5 * time.Second})
+	require.NoError(t, err)
+	defer c.Close()
+	require.NotZero(t, c.Flags()&TFlagSendFUA, "the server offers FUA")
+	p := bytes.Repeat([]byte{7}, 4096)
+	require.NoError(t, c.WriteAtFlags(p, 0, CmdFlagFUA))
+	_, err = c.WriteAt(p, 4096)
+	require.NoError(t, err)
+	require.NoError(t, c.WriteAtFlags(p, 8192, 0))
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	require.Equal(t, []bool{true, false, false}, e.fuas)
+}

@@ -29,7 +29,7 @@ URLs are the candidate exports (nbd://HOST[:PORT][/EXPORT], HOST:PORT or
 nbd+unix:///EXPORT?socket=PATH), typically the export of each node. Each
 of --workers workers owns the blocks b with b mod workers = its number and
 keeps one write in flight; every --flush-every answered writes (0: never)
-it sends a FLUSH. A block holds its offset, a run-wide sequence number,
+it sends a FLUSH, and a --fua fraction of its writes carry FUA. A block holds its offset, a run-wide sequence number,
 random fill and an xxhash64 of the rest. When a connection or a request
 fails, the worker closes its connection and tries the URLs in turn (round
 robin, 20 ms apart) until one accepts a write: that is how it follows the
@@ -40,7 +40,15 @@ fails the check), and a second Ctrl-C ends the command at once.
 Then every block is read from the URL that answered last (the others are
 tried if it fails) and must hold the last answered write to it or a later
 one that was issued but not answered; a block no answered write reached
-may also be all zeroes. The report gives, per URL, the writes and flushes
+may also be all zeroes. A write answered with FUA, or answered before a
+FLUSH that was answered on the same connection, is durable; each lost write
+is also reported as durable or not (a power failure may drop only
+non-durable ones). With --readers, readers read random runs of 8 blocks
+during the write phase and check each block at once: it must not be older
+than the last write answered before the read was sent (stale), must be a
+valid block or zeroes (corrupt), and must not be older than what an
+earlier read returned once that version's write is answered (backward; a
+version whose write was never answered may vanish). The report gives, per URL, the writes and flushes
 answered and the failures; the longest time no write was answered by
 anyone (the client-visible failover time) and when it began; the blocks
 read back; the lost writes and corrupt blocks (the first 10 described);
@@ -53,7 +61,8 @@ in one direction per run: switching back to a URL that answered earlier
 counts as the old Primary answering.
 
 Exit status 0 when writes were answered, every block was read back,
-nothing was lost or corrupt and no old Primary answered; 1 otherwise.`,
+nothing was lost or corrupt, no read during the load was bad and no old
+Primary answered; 1 otherwise.`,
 		Example: `  twinbd bench check --duration 30s nbd://node-a:10809/r0 nbd://node-b:10809/r0
   twinbd bench check --workers 16 --blocks 65536 --flush-every 32 --json node-a:10809 node-b:10809`,
 		Args: cobra.MinimumNArgs(1),
@@ -91,6 +100,9 @@ nothing was lost or corrupt and no old Primary answered; 1 otherwise.`,
 	f.IntVar(&cfg.Workers, "workers", cfg.Workers, "writers, one write in flight each")
 	f.Int64Var(&cfg.Blocks, "blocks", cfg.Blocks, "working set: the first N 4 KiB blocks (overwritten)")
 	f.IntVar(&cfg.FlushEvery, "flush-every", 0, "FLUSH after every N answered writes of each worker (0: never)")
+	f.Float64Var(&cfg.FUA, "fua", 0, "fraction of the writes sent with FUA (0..1)")
+	f.IntVar(&cfg.Readers, "readers", 0, "readers that read random blocks during the write phase and check each one at once")
+	f.DurationVar(&cfg.ReadPause, "read-pause", 0, "each reader's pause between two reads")
 	f.Uint64Var(&cfg.Seed, "seed", 0, "random seed (0: pick one; the result reports it)")
 	f.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	f.StringVar(&plotFile, "plot", "", "draw the failover timeline (writes answered per second by each export, the longest stall) into FILE.svg|png|pdf")
