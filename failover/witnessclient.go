@@ -54,8 +54,9 @@ func (w *WitnessClient) Call(ctx context.Context, req WitnessRequest) (WitnessRe
 		w.c, w.br = nil, nil
 		return WitnessReply{}, fmt.Errorf("%w: %s: %v", ErrWitnessUnreachable, w.Addr, err)
 	}
-	w.c.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { w.c.SetDeadline(time.Now()) })
+	c := w.c // fail() clears w.c; the callback may run after it
+	c.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
 	b, _ := json.Marshal(req)
 	if _, err := w.c.Write(append(b, '\n')); err != nil {
