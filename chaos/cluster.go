@@ -51,13 +51,39 @@ type cluster struct {
 	crashes []string
 }
 
+// Ports for the daemons come from below Linux's ephemeral range
+// (32768-60999): a port found free and closed again can otherwise be taken
+// before the daemon binds it, by an outgoing connection or by a proxy
+// listening on port 0 (seen with two scenarios running at once: a daemon's
+// peer dialled another scenario's proxy). handed remembers what this
+// process gave out already.
+var (
+	portMu   sync.Mutex
+	handed   = map[int]bool{}
+	portNext = 20000 + int(time.Now().UnixNano()%10000)
+)
+
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	portMu.Lock()
+	defer portMu.Unlock()
+	for range 12768 {
+		p := portNext
+		portNext++
+		if portNext >= 32768 {
+			portNext = 20000
+		}
+		if handed[p] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue // in use
+		}
+		ln.Close()
+		handed[p] = true
+		return p, nil
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("chaos: no free port in 20000-32767")
 }
 
 // newCluster writes the resource files and backing files and starts the
