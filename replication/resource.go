@@ -77,6 +77,7 @@ type linkState struct {
 
 	syncTotal int64 // bits out of sync when the resync started
 	syncStart time.Time
+	peerSize  int64 // the peer's size at the last state exchange (resize.go)
 
 	syncedBytes atomic.Int64 // resynced bytes (either side) in this resync
 	resyncWire  atomic.Int64 // resync bytes put on the wire (source)
@@ -95,7 +96,7 @@ type Resource struct {
 	local  *nbd.DeviceExport // NBD operations on data
 	closer []device.Device
 	meta   *bitmap.Meta
-	size   int64
+	size   atomic.Int64 // the exported size, read on every I/O; an online resize grows it (resize.go)
 
 	writable atomic.Bool // true only while Primary and serving
 
@@ -134,6 +135,8 @@ type Resource struct {
 	discardMyData bool   // connect --discard-my-data, until the next handshake
 	disconnectReq bool   // the operator said disconnect
 	handshaking   func() // aborts a handshake in progress
+
+	resizeMu sync.Mutex // one resize at a time (resize.go)
 }
 
 // Up opens the local disk and its metadata and refuses a disk whose metadata
@@ -152,6 +155,7 @@ func Up(opts Options) (*Resource, error) {
 	if err != nil {
 		return nil, err
 	}
+	lay = locateMetadata(log, data, md, lay) // after a resize (resize.go)
 	fail := func(err error) (*Resource, error) {
 		for _, c := range closers {
 			c.Close()
@@ -175,8 +179,9 @@ func Up(opts Options) (*Resource, error) {
 	r := &Resource{
 		res: opts.Res, host: host, peers: opts.Res.Peers(opts.Node), log: log,
 		data: data, local: nbd.NewDeviceExport(data, false), closer: closers,
-		meta: meta, size: size, role: RoleSecondary,
+		meta: meta, role: RoleSecondary,
 	}
+	r.size.Store(size)
 	sb := meta.Superblock()
 	r.disk = diskStateFromFlags(sb.Flags)
 	r.handle = opts.Handler
@@ -213,7 +218,7 @@ func Up(opts Options) (*Resource, error) {
 			}
 		}
 	}
-	log.Info("resource up", "disk", r.disk, "size", size, "backing", host.Disk, "meta", host.MetaDisk)
+	log.Info("resource up", "disk", r.disk, "size", size, "backing", host.Disk, "backing-size", closers[0].Size(), "meta", host.MetaDisk)
 	if r.peer != nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		r.stopPeer = cancel
@@ -366,7 +371,7 @@ func openBacking(res *config.Resource, host *config.Host, dev device.Device) (da
 		}
 	}
 	if err == nil {
-		data, err = device.NewRegion(backing, 0, lay.DataSize)
+		data, err = device.NewWindow(backing, lay.DataSize)
 	}
 	if err != nil {
 		for _, c := range closers {
@@ -382,13 +387,13 @@ func metaHint(res string, host *config.Host, err error) string {
 	case errors.Is(err, bitmap.ErrNoMetadata):
 		hint := fmt.Sprintf("no twinbd metadata on %s (meta-disk %s): run `twinbd create-md %s` first", host.Disk, host.MetaDisk, res)
 		if host.MetaDisk == "internal" {
-			hint += fmt.Sprintf("; if %s was grown since create-md, internal metadata is no longer at its end: restore the old size (online resize is not supported yet)", host.Disk)
+			hint += fmt.Sprintf("; if %s was grown while the resource was not up (or this node stopped during `twinbd resize` before it moved the metadata), the internal metadata is still at the old end: restore the old size (the last \"resource up\" log line shows backing-size), bring the resource up, then grow the device while it is up and run `twinbd resize %s` (docs/operations.md, \"Growing the device\"). If the old size is unknown, `twinbd create-md --force %s` and a full sync from the peer recover it", host.Disk, res, res)
 		}
 		return hint
 	case errors.Is(err, bitmap.ErrCorrupt):
 		return fmt.Sprintf("metadata on %s is corrupt: restore it, or run `twinbd create-md --force %s` (its data generation is forgotten and a full sync follows)", host.Disk, res)
 	case errors.Is(err, bitmap.ErrWrongSize):
-		return fmt.Sprintf("metadata on %s does not match the device size (was the device resized?)", host.Disk)
+		return fmt.Sprintf("metadata on %s does not match this device or the resource file (a device smaller than the metadata says: restore its size, twinbd never shrinks one; or a changed bitmap-granularity)", host.Disk)
 	}
 	return fmt.Sprintf("cannot read metadata on %s", host.Disk)
 }

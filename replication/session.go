@@ -108,6 +108,11 @@ type session struct {
 	// resync state (source)
 	csums    bool
 	syncedAt time.Time
+
+	// resize.go: the answer to a Resize, and a resync started mid-session
+	// (waited for before teardown, like the handshake's).
+	rz    resizeWait
+	extra sync.WaitGroup
 }
 
 func newSession(r *Resource, data, meta net.Conn) *session {
@@ -348,6 +353,7 @@ func (r *Resource) runSession(ctx context.Context, data, meta net.Conn) error {
 	}
 	<-s.deadCh
 	loops.Wait()
+	s.extra.Wait()
 	s.teardown()
 	close(s.finished)
 	s.mu.Lock()
@@ -368,7 +374,7 @@ func (r *Resource) myState(flags uint32) *StateMsg {
 		flags |= StateCrashedPrimary
 	}
 	return &StateMsg{
-		Role: uint8(role), Disk: uint8(disk), Size: r.size, Granularity: uint32(r.bm.Granularity()),
+		Role: uint8(role), Disk: uint8(disk), Size: r.size.Load(), Granularity: uint32(r.bm.Granularity()),
 		Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History, Flags: flags, Dirty: r.bm.Count(),
 	}
 }
@@ -428,8 +434,8 @@ func (s *session) handshake() (SyncKind, error) {
 		return 0, fmt.Errorf("state exchange: %w", err)
 	}
 	theirs := m.(*StateMsg)
-	if theirs.Size != r.size {
-		return 0, s.refuse("size mismatch: %s has %d bytes, %s has %d; give both the same disk size", r.host.Name, r.size, r.peer.Name, theirs.Size)
+	if err := s.checkSize(theirs); err != nil { // resize.go
+		return 0, err
 	}
 	if int64(theirs.Granularity) != r.bm.Granularity() {
 		return 0, s.refuse("bitmap granularity mismatch: %d here, %d on the peer", r.bm.Granularity(), theirs.Granularity)
@@ -650,6 +656,8 @@ func (s *session) readMeta() {
 			s.complete(f.Seq, true, m.Same)
 		case *BarrierAckMsg:
 			s.barrierAck(m.Epoch)
+		case *ResizeReplyMsg:
+			s.rz.deliver(m)
 		case *StateMsg:
 			r.mu.Lock()
 			r.link.peerRole = Role(m.Role)
@@ -883,6 +891,9 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 			}
 		})
 		return false, nil
+	case *ResizeMsg, *SyncStartMsg:
+		off, length = 0, math.MaxInt64 // after every earlier message, before every later one
+		work, ack = s.resizeWork(m)    // resize.go
 	case *StateMsg:
 		if m.Flags&StateResyncDone == 0 {
 			return false, fmt.Errorf("%w: State on the data channel without resync-done", ErrMalformed)
@@ -939,7 +950,7 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 }
 
 func (r *Resource) checkPeerRange(off, length int64) error {
-	if err := device.CheckRange(r.size, off, length); err != nil {
+	if err := device.CheckRange(r.size.Load(), off, length); err != nil {
 		return fmt.Errorf("%w: from the peer: %w", ErrMalformed, err)
 	}
 	return nil

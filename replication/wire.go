@@ -117,6 +117,9 @@ const (
 	MsgPingAck
 	MsgOutdatePeer
 	MsgDisconnect
+	MsgResize      // wire_resize.go
+	MsgResizeReply // wire_resize.go
+	MsgSyncStart   // wire_resize.go
 	msgTypeEnd
 )
 
@@ -141,6 +144,9 @@ var msgNames = [...]string{
 	MsgPingAck:         "PingAck",
 	MsgOutdatePeer:     "OutdatePeer",
 	MsgDisconnect:      "Disconnect",
+	MsgResize:          "Resize",
+	MsgResizeReply:     "ResizeReply",
+	MsgSyncStart:       "SyncStart",
 }
 
 func (t MsgType) String() string {
@@ -193,6 +199,9 @@ var maxPayloadFor = [...]uint32{
 	MsgPingAck:         0,
 	MsgOutdatePeer:     0,
 	MsgDisconnect:      disconnectFix + MaxStringLen,
+	MsgResize:          resizeSize,
+	MsgResizeReply:     resizeReplyFixed + MaxStringLen,
+	MsgSyncStart:       rangeSize,
 	msgTypeEnd:         0,
 }
 
@@ -363,6 +372,12 @@ func NewMessage(t MsgType) (Message, error) {
 		return new(OutdatePeerMsg), nil
 	case MsgDisconnect:
 		return new(DisconnectMsg), nil
+	case MsgResize:
+		return new(ResizeMsg), nil
+	case MsgResizeReply:
+		return new(ResizeReplyMsg), nil
+	case MsgSyncStart:
+		return new(SyncStartMsg), nil
 	}
 	return nil, fmt.Errorf("replication: %w: %d", ErrUnknownType, uint16(t))
 }

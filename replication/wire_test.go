@@ -51,6 +51,11 @@ func wireSamples() []Message {
 		&PingAckMsg{},
 		&OutdatePeerMsg{},
 		&DisconnectMsg{Reason: "operator said so ✓"},
+		&ResizeMsg{Size: 1 << 40, MarkOff: 1 << 30, MarkLen: 1 << 20, Flags: ResizeAssumeClean},
+		&ResizeMsg{Flags: ResizeProbe},
+		&ResizeReplyMsg{Size: 64 << 20, Capacity: 1 << 40, MDOffset: 67 << 20, MDEnd: 68 << 20, Reason: "metadata device too small"},
+		&ResizeReplyMsg{Size: 1, Failed: true, Reason: "I/O error"},
+		&SyncStartMsg{Offset: 4096, Length: 1 << 30},
 	}
 }
 
