@@ -28,6 +28,10 @@ type Request struct {
 	// together). Zero waits until the condition holds, the resource goes
 	// StandAlone, or the client hangs up.
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// Size and AssumeClean are resize's --size (bytes; 0: as large as
+	// both nodes allow) and --assume-clean.
+	Size        int64 `json:"size,omitempty"`
+	AssumeClean bool  `json:"assume-clean,omitempty"`
 }
 
 // Response is the daemon's answer. Code is the exit code the CLI uses.

@@ -283,6 +283,9 @@ func (r *Resource) unchanged(old, mine int64, myWhy, peer string, theirs int64, 
 			out += " (" + theirWhy + ")"
 		}
 	}
+	if peer == "" {
+		return out + "; grow the backing device first"
+	}
 	return out + "; grow the backing devices of both nodes first"
 }
 
