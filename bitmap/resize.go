@@ -196,6 +196,23 @@ func GrownLayout(lay Layout, dataSize, dataDevSize, mdDevSize int64) (Layout, er
 	return to, nil
 }
 
+// ExternalFit is ExternalLayout with the data size cut to what the metadata
+// device holds a bitmap for: where `up` starts when a data device grew
+// (while the resource was down) past what its metadata device describes;
+// Locate then takes the data size from the superblock. create-md uses
+// ExternalLayout, which refuses such a metadata device.
+func ExternalFit(dataDevSize, metaDevSize, granularity int64) (Layout, error) {
+	g, err := checkGranularity(granularity)
+	if err != nil {
+		return Layout{}, err
+	}
+	data := roundDown(max(dataDevSize, 0), BlockSize)
+	if MDSizeFor(data, g) > metaDevSize {
+		data = largestBlocks(0, data, func(d int64) bool { return MDSizeFor(d, g) <= metaDevSize })
+	}
+	return ExternalLayout(data, metaDevSize, g)
+}
+
 // Locate returns the layout to Open the metadata of md with, given lay,
 // the layout InternalLayout or ExternalLayout computes from the device
 // sizes (the largest data area). A valid superblock where lay puts the

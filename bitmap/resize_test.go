@@ -443,6 +443,18 @@ func TestLocate(t *testing.T) {
 	require.Equal(t, shrunk, found)
 	_, err = Open(md, found)
 	require.ErrorIs(t, err, ErrWrongSize)
+	// A data device grown past what the metadata device describes: up
+	// starts from the layout the metadata device holds (ExternalFit; create-md's
+	// ExternalLayout refuses it).
+	_, err = ExternalLayout(1<<40, 1*mib, 0)
+	require.ErrorIs(t, err, ErrTooSmall)
+	fit, err := ExternalFit(1<<40, 1*mib, 0)
+	require.NoError(t, err)
+	require.LessOrEqual(t, fit.MDSize, int64(1*mib))
+	require.Greater(t, MDSizeFor(fit.DataSize+4096, 0), int64(1*mib))
+	found, _ = Locate(md, fit)
+	require.Equal(t, ext, found)
+
 	// Grown while down: it opens with the size it had.
 	grownExt, err := ExternalLayout(48*mib, 1*mib, 0)
 	require.NoError(t, err)

@@ -437,24 +437,30 @@ func (s *session) checkSize(theirs *StateMsg) error {
 }
 
 // resizeWait hands a ResizeReply from the meta reader to the resize
-// waiting for it; the zero value is ready.
+// waiting for it; the zero value is ready. Each Resize carries a new id in
+// its frame sequence and the reply echoes it, so a late answer to an
+// abandoned request (a probe cancelled with Ctrl-C) is never taken for the
+// answer to a later one.
 type resizeWait struct {
-	mu sync.Mutex
-	ch chan *ResizeReplyMsg
+	mu   sync.Mutex
+	id   uint64 // of the request waited for
+	last uint64
+	ch   chan *ResizeReplyMsg
 }
 
-func (w *resizeWait) arm() chan *ResizeReplyMsg {
+func (w *resizeWait) arm() (uint64, chan *ResizeReplyMsg) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.ch = make(chan *ResizeReplyMsg, 1)
-	return w.ch
+	w.last++
+	w.id, w.ch = w.last, make(chan *ResizeReplyMsg, 1)
+	return w.id, w.ch
 }
 
-// deliver passes m on; a reply nobody waits for (any more) is dropped.
-func (w *resizeWait) deliver(m *ResizeReplyMsg) {
+// deliver passes on the reply to request id; any other is dropped.
+func (w *resizeWait) deliver(id uint64, m *ResizeReplyMsg) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.ch != nil {
+	if w.ch != nil && id == w.id {
 		w.ch <- m
 		w.ch = nil
 	}
@@ -463,8 +469,8 @@ func (w *resizeWait) deliver(m *ResizeReplyMsg) {
 // ask sends m on the data channel and waits for the peer's ResizeReply,
 // the session's end, or (if cancellable) ctx.
 func (s *session) ask(ctx context.Context, m *ResizeMsg, cancellable bool) (*ResizeReplyMsg, error) {
-	ch := s.rz.arm()
-	if err := s.writeData(m); err != nil {
+	id, ch := s.rz.arm()
+	if err := s.writeDataSeq(id, m); err != nil {
 		return nil, fmt.Errorf("%w: the link broke during the resize: %v", ErrNotConnected, err)
 	}
 	done := ctx.Done()
@@ -481,10 +487,11 @@ func (s *session) ask(ctx context.Context, m *ResizeMsg, cancellable bool) (*Res
 	}
 }
 
-// resizeWork is what apply runs for a Resize or a SyncStart from the peer,
-// under a whole-device range lock (after every earlier message of the
-// stream, before every later one), and how it answers.
-func (s *session) resizeWork(m Message) (work func() error, ack func(error)) {
+// resizeWork is what apply runs for a Resize (frame sequence fseq, its id)
+// or a SyncStart from the peer, under a whole-device range lock (after
+// every earlier message of the stream, before every later one), and how it
+// answers.
+func (s *session) resizeWork(fseq uint64, m Message) (work func() error, ack func(error)) {
 	r := s.r
 	switch m := m.(type) {
 	case *ResizeMsg:
@@ -502,7 +509,11 @@ func (s *session) resizeWork(m Message) (work func() error, ack func(error)) {
 			}
 			return nil
 		}
-		ack = func(error) { s.sendMeta(&reply) }
+		ack = func(error) {
+			if err := s.mw.send(fseq, &reply); err != nil { // the request's id
+				go s.fail(fmt.Errorf("meta channel: %w", err))
+			}
+		}
 	case *SyncStartMsg:
 		work = func() error { return r.beginSyncTarget(m.Offset, m.Length) }
 		ack = func(err error) {

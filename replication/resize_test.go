@@ -3,8 +3,10 @@ package replication
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/twinbd/twinbd/bitmap"
+	"github.com/twinbd/twinbd/config"
 	"github.com/twinbd/twinbd/device"
 )
 
@@ -337,4 +340,85 @@ func TestPairMidSessionResync(t *testing.T) {
 	require.NoError(t, p.a.Flush())
 	p.sameData()
 	w.check()
+}
+
+// A late answer to an abandoned request (a probe cancelled with Ctrl-C) is
+// not taken for the answer to the next one.
+func TestResizeReplyMatchesRequest(t *testing.T) {
+	var w resizeWait
+	id1, ch1 := w.arm()
+	id2, ch2 := w.arm() // the first was abandoned
+	require.NotEqual(t, id1, id2)
+	w.deliver(id1, &ResizeReplyMsg{Size: 1})
+	select {
+	case <-ch2:
+		t.Fatal("the stale reply was taken")
+	case <-ch1:
+		t.Fatal("the abandoned request got an answer")
+	default:
+	}
+	w.deliver(id2, &ResizeReplyMsg{Size: 2})
+	require.Equal(t, int64(2), (<-ch2).Size)
+	w.deliver(id2, &ResizeReplyMsg{Size: 3}) // a duplicate is dropped, never blocks
+}
+
+// External metadata: the bitmap grows in place on the metadata device; one
+// too small for the new size is refused with the size it needs; after a
+// restart the resource comes up with the new size. A data device grown
+// while the resource was down comes up with its old size.
+func TestResizeExternalMetadata(t *testing.T) {
+	dir := t.TempDir()
+	data, md := filepath.Join(dir, "data.img"), filepath.Join(dir, "md.img")
+	for f, size := range map[string]int64{data: 16 << 20, md: 140 << 10} {
+		require.NoError(t, os.WriteFile(f, nil, 0o600))
+		require.NoError(t, os.Truncate(f, size))
+	}
+	cfg, err := config.Parse(filepath.Join(dir, "t.conf"), []byte(fmt.Sprintf(`resource r0 {
+  on solo { node-id 0; address 127.0.0.1:1; export %s; disk %s; meta-disk %s; }
+}
+`, freeAddr(t), data, md)))
+	require.NoError(t, err)
+	res, err := cfg.Resource("r0")
+	require.NoError(t, err)
+	_, err = CreateMetadata(res, "solo", false)
+	require.NoError(t, err)
+	up := func() *Resource {
+		r, err := Up(Options{Res: res, Node: "solo"})
+		require.NoError(t, err)
+		return r
+	}
+	r := up()
+	require.NoError(t, r.Primary(true))
+	require.NoError(t, r.WriteAt(block(4096, 7), 4096, false))
+
+	// 1 GiB of data needs a 32 KiB bitmap: the 140 KiB device holds less.
+	require.NoError(t, os.Truncate(data, 1<<30))
+	_, err = r.Resize(context.Background(), ResizeOptions{})
+	require.NoError(t, err, "grows as far as the metadata device allows")
+	limit := r.Size()
+	require.Less(t, limit, int64(1<<30))
+	require.Greater(t, limit, int64(16<<20))
+	_, err = r.Resize(context.Background(), ResizeOptions{Size: 1 << 30})
+	require.ErrorContains(t, err, fmt.Sprintf("need a metadata device of at least %d bytes", bitmap.MDSizeFor(1<<30, 0)))
+
+	require.NoError(t, os.Truncate(md, bitmap.MDSizeFor(1<<30, 0)))
+	res2, err := r.Resize(context.Background(), ResizeOptions{})
+	require.NoError(t, err)
+	require.Equal(t, int64(1<<30), res2.New)
+	require.NoError(t, r.WriteAt(block(1<<30-4096, 8), 1<<30-4096, false))
+	require.NoError(t, r.Down(true))
+
+	// Grown again while down: up keeps the recorded size.
+	require.NoError(t, os.Truncate(data, 2<<30))
+	r = up()
+	require.Equal(t, int64(1<<30), r.Size())
+	buf := make([]byte, 4096)
+	require.NoError(t, r.local.ReadAt(buf, 1<<30-4096))
+	v, ok := blockVersion(buf, 1<<30-4096)
+	require.True(t, ok)
+	require.Equal(t, uint64(8), v)
+	require.NoError(t, r.local.ReadAt(buf, 4096))
+	v, _ = blockVersion(buf, 4096)
+	require.Equal(t, uint64(7), v)
+	require.NoError(t, r.Down(true))
 }

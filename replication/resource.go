@@ -151,7 +151,7 @@ func Up(opts Options) (*Resource, error) {
 		log = slog.Default()
 	}
 	log = log.With("resource", opts.Res.Name)
-	data, md, closers, lay, err := openBacking(opts.Res, host, opts.Disk)
+	data, md, closers, lay, err := openBacking(opts.Res, host, opts.Disk, true)
 	if err != nil {
 		return nil, err
 	}
@@ -341,8 +341,10 @@ func (r *Resource) markUpToDate() error {
 }
 
 // openBacking opens the backing disk (and external metadata device) and
-// computes the metadata layout.
-func openBacking(res *config.Resource, host *config.Host, dev device.Device) (data, md device.Device, closers []device.Device, lay bitmap.Layout, err error) {
+// computes the metadata layout for the largest data area. With fit (up),
+// an external metadata device too small for all of the data device gives
+// the layout for what it holds (Locate then reads the recorded size).
+func openBacking(res *config.Resource, host *config.Host, dev device.Device, fit bool) (data, md device.Device, closers []device.Device, lay bitmap.Layout, err error) {
 	gran := res.Disk.BitmapGranularity
 	if gran == 0 {
 		gran = bitmap.DefaultGranularity
@@ -368,6 +370,9 @@ func openBacking(res *config.Resource, host *config.Host, dev device.Device) (da
 			closers = append(closers, mf)
 			md = mf
 			lay, err = bitmap.ExternalLayout(backing.Size(), mf.Size(), gran)
+			if fit && errors.Is(err, bitmap.ErrTooSmall) {
+				lay, err = bitmap.ExternalFit(backing.Size(), mf.Size(), gran)
+			}
 		}
 	}
 	if err == nil {

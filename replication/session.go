@@ -657,7 +657,7 @@ func (s *session) readMeta() {
 		case *BarrierAckMsg:
 			s.barrierAck(m.Epoch)
 		case *ResizeReplyMsg:
-			s.rz.deliver(m)
+			s.rz.deliver(f.Seq, m)
 		case *StateMsg:
 			r.mu.Lock()
 			r.link.peerRole = Role(m.Role)
@@ -892,8 +892,8 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		})
 		return false, nil
 	case *ResizeMsg, *SyncStartMsg:
-		off, length = 0, math.MaxInt64 // after every earlier message, before every later one
-		work, ack = s.resizeWork(m)    // resize.go
+		off, length = 0, math.MaxInt64    // after every earlier message, before every later one
+		work, ack = s.resizeWork(fseq, m) // resize.go
 	case *StateMsg:
 		if m.Flags&StateResyncDone == 0 {
 			return false, fmt.Errorf("%w: State on the data channel without resync-done", ErrMalformed)
