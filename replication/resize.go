@@ -548,6 +548,8 @@ func (r *Resource) growForPeer(m *ResizeMsg) error {
 		return nil
 	case m.Size < old:
 		return fmt.Errorf("%w from %d to %d bytes", ErrShrink, old, m.Size)
+	case m.Size%bitmap.BlockSize != 0:
+		return fmt.Errorf("size %d is not a multiple of 4 KiB", m.Size)
 	case r.writable.Load():
 		return fmt.Errorf("%s is Primary here: run `twinbd resize %s` on this node", r.res.Name, r.res.Name)
 	case !r.resizeMu.TryLock():
@@ -628,12 +630,8 @@ func (s *session) startSyncSource(off, length int64) error {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: the link broke", ErrNotConnected)
 	}
-	s.extra.Add(1) // before the session is dead, so before runSession waits
+	s.extra.Go(s.resync) // while not dead, so before runSession waits for it
 	s.mu.Unlock()
-	go func() {
-		defer s.extra.Done()
-		s.resync()
-	}()
 	r.log.Info("resync started", "peer", r.peer.Name, "off", off, "bytes", length, "out-of-sync", r.bm.Bytes())
 	return nil
 }
