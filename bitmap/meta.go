@@ -32,7 +32,13 @@ type Meta struct {
 	newest int // slot holding sb
 
 	bmWrites atomic.Int64
+	detached atomic.Bool // Detach: nothing is written to md any more
 }
+
+// Detach stops every write to the metadata device: the disk under it
+// failed. Update then changes only the in-memory superblock, and the bitmap
+// writes do nothing; it cannot be undone (a replacement disk gets a new Meta).
+func (m *Meta) Detach() { m.detached.Store(true) }
 
 // Create writes fresh metadata for lay on md: superblock slot 0 from sb
 // (only Resource, NodeID and LogicalBlockSize are taken from it; 0 means
@@ -223,6 +229,12 @@ func (m *Meta) Update(fn func(*Superblock)) error {
 	}
 	slot := 1 - newest
 	off := m.lay.SBOffset[slot]
+	if m.detached.Load() {
+		m.mu.Lock()
+		m.sb = next
+		m.mu.Unlock()
+		return nil
+	}
 	if _, err := m.md.WriteAt(b, off); err != nil {
 		return fmt.Errorf("bitmap: update: write superblock slot %d at %d: %w", slot, off, err)
 	}
@@ -289,6 +301,9 @@ func (m *Meta) WriteBitmap(b *Bitmap) error {
 		return fmt.Errorf("bitmap: write bitmap: %w: bitmap for %d bytes at granularity %d, metadata for %d at %d",
 			ErrInvalid, b.DataSize(), b.Granularity(), m.lay.DataSize, m.lay.Granularity)
 	}
+	if m.detached.Load() {
+		return nil
+	}
 	words, err := b.MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("bitmap: write bitmap: %w", err)
@@ -318,7 +333,7 @@ func (m *Meta) WriteBitmapRange(b *Bitmap, off, length int64) error {
 	b.mu.Lock()
 	start, end, ok := b.clamp(off, length)
 	b.mu.Unlock()
-	if !ok {
+	if !ok || m.detached.Load() {
 		return nil
 	}
 	words, err := b.MarshalBinary()

@@ -1,6 +1,7 @@
 package bitmap
 
 import (
+	"bytes"
 	"errors"
 	"math/rand/v2"
 	"sync"
@@ -498,4 +499,25 @@ func TestWriteBitmapRange(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, b.Count(), got.Count())
 	require.Equal(t, int64(2), m.BitmapWrites())
+}
+
+// TestDetachWritesNothing: after Detach (the disk failed) updates change
+// only memory and bitmap writes are dropped; the device is untouched.
+func TestDetachWritesNothing(t *testing.T) {
+	mem, lay, m := newMeta(t, 16*mib)
+	before := make([]byte, mem.Size())
+	_, err := mem.ReadAt(before, 0)
+	require.NoError(t, err)
+	m.Detach()
+	require.NoError(t, m.Update(func(sb *Superblock) { sb.Current = 42 }))
+	require.EqualValues(t, 42, m.Superblock().Current)
+	b, err := New(lay.DataSize, lay.Granularity)
+	require.NoError(t, err)
+	b.SetAll()
+	require.NoError(t, m.WriteBitmap(b))
+	require.NoError(t, m.WriteBitmapRange(b, 0, 4096))
+	after := make([]byte, mem.Size())
+	_, err = mem.ReadAt(after, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(before, after), "the metadata device changed after Detach")
 }

@@ -329,6 +329,8 @@ func (m *Meta) Grow(to Layout, o GrowOptions) error {
 		return fmt.Errorf("bitmap: grow: %w: %s", ErrInvalid, fmt.Sprintf(why, args...))
 	}
 	switch {
+	case m.detached.Load():
+		return bad("the metadata device is detached")
 	case to.Internal != from.Internal || to.Granularity != from.Granularity || to.ALSize != from.ALSize:
 		return bad("layout %+v is not a growth of %+v", to, from)
 	case to.DataSize <= from.DataSize:

@@ -270,6 +270,11 @@ var optionsSection = &sectionDef{name: "options", keys: []keyDef{
 		b.r.Options.AutoFailover, err = yesNo(v, "auto-failover")
 		return err
 	}},
+	// DRBD 9 moved it from disk to options; both are accepted.
+	{"on-no-data-accessible", func(b *rbuilder, v token) (err error) {
+		b.r.Disk.OnNoDataAccessible, err = enum(v, "on-no-data-accessible", "io-error", "suspend-io")
+		return err
+	}},
 }}
 
 const (

@@ -28,6 +28,11 @@ type Request struct {
 	// together). Zero waits until the condition holds, the resource goes
 	// StandAlone, or the client hangs up.
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// Fault is `debug disk-fault`'s mode (none, read-error, write-error,
+	// rw-error, power-fail) and byte range (length 0: the whole disk).
+	Fault       string `json:"fault,omitempty"`
+	FaultOffset int64  `json:"fault-offset,omitempty"`
+	FaultLength int64  `json:"fault-length,omitempty"`
 	// Size and AssumeClean are resize's --size (bytes; 0: as large as
 	// both nodes allow) and --assume-clean.
 	Size        int64 `json:"size,omitempty"`

@@ -27,6 +27,9 @@ type Options struct {
 	Up []string
 	// Metrics, if set, is where /metrics (Prometheus) is served.
 	Metrics string
+	// FaultInjection wraps every backing disk in a fault injector that
+	// `debug disk-fault` controls (tests and the chaos harness only).
+	FaultInjection bool
 }
 
 // Daemon is one node's daemon.
@@ -241,6 +244,12 @@ func (d *Daemon) handle(ctx context.Context, req Request) Response {
 		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.InvalidateRemote() })
 	case "outdate":
 		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.Outdate() })
+	case "attach":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.Attach() })
+	case "detach":
+		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.Detach(req.Force) })
+	case "disk-fault":
+		return d.diskFault(req)
 	case "resume-io":
 		return d.forEach(req.Resource, func(r *replication.Resource) (string, error) { return "", r.ResumeIO() })
 	case "verify":
@@ -388,9 +397,10 @@ func (d *Daemon) up(name string) Response {
 		var self atomic.Pointer[replication.Resource]
 		r, err := replication.Up(replication.Options{
 			Res: rc, Node: d.opts.Node, Logger: d.log,
-			Handler:   d.handlerFor(rc, &self),
-			FencePeer: d.fencePeerFor(rc, &self),
-			Services:  d.servicesFor(rc),
+			Handler:        d.handlerFor(rc, &self),
+			FencePeer:      d.fencePeerFor(rc, &self),
+			Services:       d.servicesFor(rc),
+			FaultInjection: d.opts.FaultInjection,
 		})
 		if err != nil {
 			return Response{Code: codeFor(err), Error: fmt.Sprintf("%s: %v", rc.Name, err)}

@@ -133,7 +133,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			vol := strconv.Itoa(dv.Volume)
 			enum(ch, c.devState, diskNames, dv.DiskState, name, vol)
 			g(c.quorum, b2f(dv.Quorum), name, vol)
-			g(c.unintDiskless, b2f(dv.DiskState == "Diskless"), name, vol)
+			g(c.unintDiskless, b2f(dv.DiskState == "Diskless" && dv.DiskReason != replication.DetachedByOperator), name, vol)
 			g(c.size, float64(dv.Size*1024), name, vol)
 			ctr(c.read, float64(dv.Read*1024), name, vol)
 			ctr(c.written, float64(dv.Written*1024), name, vol)

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
 
 	"github.com/twinbd/twinbd/config"
+	"github.com/twinbd/twinbd/device"
 	"github.com/twinbd/twinbd/failover"
 	"github.com/twinbd/twinbd/replication"
 )
@@ -152,4 +154,29 @@ func nbdMinor(dev string) int {
 		return 0
 	}
 	return n
+}
+
+// diskFault serves `debug disk-fault` (daemon started with
+// --fault-injection). power-fail reverts the unflushed writes of the
+// resource's disk and ends the process at once, like a node losing power:
+// no answer, no demotion, no flush.
+func (d *Daemon) diskFault(req Request) Response {
+	if !d.opts.FaultInjection {
+		return Response{Code: CodeFailed, Error: "fault injection is off: start the daemon with --fault-injection (tests only)"}
+	}
+	return d.forEach(req.Resource, func(r *replication.Resource) (string, error) {
+		if req.Fault == "power-fail" {
+			n, err := r.PowerFail()
+			if err != nil {
+				return "", err
+			}
+			d.log.Warn("simulated power failure: unflushed writes reverted, exiting now", "resource", r.Name(), "reverted", n)
+			os.Exit(137)
+		}
+		mode, err := device.ParseFaultMode(req.Fault)
+		if err != nil {
+			return "", err
+		}
+		return "", r.DiskFault(mode, req.FaultOffset, req.FaultLength)
+	})
 }

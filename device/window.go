@@ -105,3 +105,12 @@ func (w *Window) WriteZeroes(off, length int64, mayTrim bool) error {
 	}
 	return WriteZeroes(w.parent, off, length, mayTrim)
 }
+
+// Refresh passes a Resizer's Refresh through (a disk grown under fault
+// injection); a device that cannot grow reports its fixed size.
+func (f *Faulty) Refresh() (int64, error) {
+	if rz, ok := f.dev.(Resizer); ok {
+		return rz.Refresh()
+	}
+	return f.dev.Size(), nil
+}

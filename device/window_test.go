@@ -74,3 +74,13 @@ func TestMemoryGrow(t *testing.T) {
 	m.Grow(4096)
 	require.Equal(t, int64(16384), m.Size(), "never shrinks")
 }
+
+func TestFaultyRefresh(t *testing.T) {
+	f := tempFile(t, 64<<10)
+	fd := NewFaulty(f)
+	require.NoError(t, os.Truncate(f.Path(), 128<<10))
+	n, err := fd.Refresh()
+	require.NoError(t, err)
+	require.Equal(t, int64(128<<10), n)
+	require.Equal(t, int64(128<<10), fd.Size())
+}

@@ -4,7 +4,8 @@
 // Debian's nbd-client, makes an ext4 filesystem and writes files; the host
 // then checks that both nodes hold the same bytes, that the filesystem is
 // clean on the Secondary's disk and that every file reads back with the
-// checksum the guest printed. See README.md.
+// checksum the guest printed. guestnode_test.go runs twinbd itself as a
+// node inside the guest. See README.md.
 package e2e
 
 import (
@@ -88,11 +89,14 @@ func vmPrepare(t *testing.T) {
 }
 
 // vmBuild builds the twinbd binary into dir (plain build, no -race: the
-// daemons share two cores with an emulated CPU).
+// daemons share two cores with an emulated CPU). It is static
+// (CGO_ENABLED=0) and stripped so the same binary also runs in the guest's
+// initramfs (TestKernelTwinbdInGuest).
 func vmBuild(t *testing.T, dir string) string {
 	t.Helper()
 	bin := filepath.Join(dir, "twinbd")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/twinbd")
+	build := exec.Command("go", "build", "-ldflags=-s -w", "-o", bin, "./cmd/twinbd")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Dir = vmRepoRoot(t)
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, "go build: %s", out)
@@ -327,10 +331,24 @@ type vmGuest struct {
 	start time.Time
 }
 
+// vmBootOptions adds to a guest: files for the appended archive and qemu
+// arguments (a disk, a second serial port).
+type vmBootOptions struct {
+	files    []vmFile
+	qemuArgs []string
+}
+
 // vmBoot boots the kernel with the assets' initramfs plus /scenario.sh
 // (script) and twinbd.* parameters on the command line. qemu is killed at
 // cleanup and when ctx ends.
 func vmBoot(ctx context.Context, t *testing.T, dir, script string, params map[string]string) *vmGuest {
+	t.Helper()
+	return vmBootWith(ctx, t, dir, script, params, vmBootOptions{})
+}
+
+// vmBootWith is vmBoot with more files in the initramfs and more qemu
+// arguments.
+func vmBootWith(ctx context.Context, t *testing.T, dir, script string, params map[string]string, opts vmBootOptions) *vmGuest {
 	t.Helper()
 	base, err := os.ReadFile(filepath.Join(vmAssetDir, "initramfs.cpio.gz"))
 	require.NoError(t, err)
@@ -340,7 +358,8 @@ func vmBoot(ctx context.Context, t *testing.T, dir, script string, params map[st
 		base = append(base, 0)
 	}
 	initrd := filepath.Join(dir, "initrd.img")
-	require.NoError(t, os.WriteFile(initrd, append(base, vmNewcArchive(map[string]string{"scenario.sh": script})...), 0o600))
+	files := append([]vmFile{{name: "scenario.sh", mode: 0o755, data: script}}, opts.files...)
+	require.NoError(t, os.WriteFile(initrd, append(base, vmNewcArchive(files)...), 0o600))
 
 	cmdline := []string{"console=ttyS0", "quiet", "panic=-1"}
 	for k, v := range params {
@@ -355,6 +374,7 @@ func vmBoot(ctx context.Context, t *testing.T, dir, script string, params map[st
 		"-kernel", filepath.Join(vmAssetDir, "vmlinuz"), "-initrd", initrd,
 		"-append", strings.Join(cmdline, " "),
 		"-netdev", "user,id=n", "-device", "virtio-net-pci,netdev=n,romfile=")
+	cmd.Args = append(cmd.Args, opts.qemuArgs...)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	cmd.Stderr = logf
@@ -407,13 +427,10 @@ func (g *vmGuest) result(ctx context.Context, t *testing.T, onLine func(string))
 			if onLine != nil {
 				onLine(line)
 			}
+			g.logProgress(t, line)
 			switch f := strings.Fields(line); {
-			case len(f) == 2 && f[0] == "TWINBD-E2E-BOOTED":
-				t.Logf("guest booted (%v after start, guest uptime %ss)", time.Since(g.start).Round(100*time.Millisecond), f[1])
 			case len(f) == 3 && f[0] == "TWINBD-E2E-SUM":
 				sums[strings.TrimPrefix(f[2], "./")] = f[1]
-			case len(f) >= 2 && f[0] == "TWINBD-E2E":
-				t.Logf("guest %v: %s", time.Since(g.start).Round(100*time.Millisecond), strings.Join(f[1:], " "))
 			case len(f) == 2 && f[0] == "TWINBD-E2E-EXIT":
 				rc = f[1]
 			}
@@ -421,8 +438,29 @@ func (g *vmGuest) result(ctx context.Context, t *testing.T, onLine func(string))
 	}
 }
 
-// vmNewcArchive is a cpio archive (newc format) of regular files, mode 0755.
-func vmNewcArchive(files map[string]string) []byte {
+// logProgress repeats the boot marker and TWINBD-E2E progress lines in the
+// test log, with the time since qemu started.
+func (g *vmGuest) logProgress(t *testing.T, line string) {
+	t.Helper()
+	switch f := strings.Fields(line); {
+	case len(f) == 2 && f[0] == "TWINBD-E2E-BOOTED":
+		t.Logf("guest booted (%v after start, guest uptime %ss)", time.Since(g.start).Round(100*time.Millisecond), f[1])
+	case len(f) >= 2 && f[0] == "TWINBD-E2E":
+		t.Logf("guest %v: %s", time.Since(g.start).Round(100*time.Millisecond), strings.Join(f[1:], " "))
+	}
+}
+
+// vmFile is a regular file of the archive appended to the initramfs; name
+// is relative to the root and its directory must exist in the base
+// initramfs (/etc, /sbin, …).
+type vmFile struct {
+	name string
+	mode int // permission bits
+	data string
+}
+
+// vmNewcArchive is a cpio archive (newc format) of regular files.
+func vmNewcArchive(files []vmFile) []byte {
 	var b bytes.Buffer
 	ino := 1
 	entry := func(name string, mode int, data string) {
@@ -439,8 +477,8 @@ func vmNewcArchive(files map[string]string) []byte {
 			b.WriteByte(0)
 		}
 	}
-	for name, data := range files {
-		entry(name, 0o100755, data)
+	for _, f := range files {
+		entry(f.name, 0o100000|f.mode, f.data)
 	}
 	entry("TRAILER!!!", 0, "")
 	return b.Bytes()

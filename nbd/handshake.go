@@ -56,8 +56,8 @@ func (c *conn) handshake() (Export, error) {
 	cflags := binary.BigEndian.Uint32(b[:4])
 	// The spec: the server MUST close if it does not recognize the flags.
 	// A client without FIXED_NEWSTYLE speaks plain newstyle, which the spec
-	// lets a server accept; we do, because go-nbd's client (our kernel
-	// attach) sends no flags and then haggles with OPT_GO like a fixed one.
+	// lets a server accept; we do, because go-nbd's client sends no flags
+	// and then haggles with OPT_GO like a fixed one.
 	if cflags&^(ClientFlagFixedNewstyle|ClientFlagNoZeroes) != 0 {
 		return nil, fmt.Errorf("%w: %#x", errClientFlags, cflags)
 	}

@@ -402,8 +402,8 @@ func TestRawHandshakeClientFlags(t *testing.T) {
 		rc := rawDial(t, addr, flags)
 		rc.expectClosed()
 	}
-	// Plain (non-fixed) newstyle is accepted: go-nbd's client, which the
-	// kernel attach uses, sends no flags and then haggles with OPT_GO.
+	// Plain (non-fixed) newstyle is accepted: go-nbd's client sends no
+	// flags and then haggles with OPT_GO.
 	for _, flags := range []uint32{0, ClientFlagNoZeroes} {
 		rc := rawDial(t, addr, flags)
 		rc.infoGo(OptGo, "")
@@ -411,8 +411,8 @@ func TestRawHandshakeClientFlags(t *testing.T) {
 	}
 }
 
-// go-nbd's own negotiation code (what AttachKernel runs before the ioctls)
-// against our server.
+// go-nbd's NBD_OPT_LIST against our server. (Its client.Connect, which
+// AttachKernel no longer uses, sends a malformed NBD_OPT_GO: see kernel.go.)
 func TestGoNBDClientNegotiates(t *testing.T) {
 	_, addr := srvStart(t, ServerConfig{Exports: StaticResolver{"r0": rawFileExport(t, false)}})
 	nc, err := net.Dial("tcp", addr)

@@ -3,6 +3,7 @@ package replication
 import (
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/twinbd/twinbd/device"
@@ -27,7 +28,17 @@ func (r *Resource) ReadAt(p []byte, off int64) error {
 		return err
 	}
 	r.pending.Add(1)
-	err := r.local.ReadAt(p, off)
+	var err error
+	switch {
+	case r.detached.Load():
+		err = r.readPeer(p, off)
+	case r.partial.Load() && r.bm.CountRange(off, int64(len(p))) > 0:
+		err = r.readPeer(p, off) // not synced here yet (disk.go)
+	default:
+		if err = r.b().local.ReadAt(p, off); err != nil && r.localIOError("read", off, err) {
+			err = r.readPeer(p, off)
+		}
+	}
 	if err == nil {
 		err = r.awaitIO(false)
 	}
@@ -50,7 +61,7 @@ func (r *Resource) WriteAt(p []byte, off int64, fua bool) error {
 	}
 	err := r.replicate(off, int64(len(p)), fua,
 		func(seq uint64) Message { return &DataMsg{Seq: seq, Offset: off, Flags: flags, Payload: p} },
-		func() error { return r.local.WriteAt(p, off, fua) })
+		func() error { return r.b().local.WriteAt(p, off, fua) })
 	if err == nil {
 		r.writtenBytes.Add(int64(len(p)))
 	}
@@ -70,10 +81,24 @@ func (r *Resource) Flush() error {
 	if s := r.sess.Load(); s != nil {
 		peer = s.barrier()
 	}
-	err := r.local.Flush()
+	var err error
+	if !r.detached.Load() {
+		if err = r.b().local.Flush(); err != nil && r.localIOError("flush", 0, err) {
+			err = nil
+		}
+	}
+	ok := false
 	if peer != nil {
 		// false: the link died; what the peer may lack is in the bitmap.
-		<-peer
+		ok = <-peer
+	}
+	// Diskless: only the peer's disk holds the data.
+	for r.detached.Load() && !ok && err == nil {
+		if err = r.noData(); err == nil {
+			if s := r.sess.Load(); s != nil && r.peerUpToDate() {
+				ok = <-s.barrier()
+			}
+		}
 	}
 	if err == nil {
 		err = r.awaitIO(false)
@@ -87,7 +112,7 @@ func (r *Resource) Trim(off, length int64, fua bool) error {
 	}
 	return r.replicate(off, length, fua,
 		func(seq uint64) Message { return &TrimMsg{Seq: seq, Offset: off, Length: length} },
-		func() error { return r.local.Trim(off, length, fua) })
+		func() error { return r.b().local.Trim(off, length, fua) })
 }
 
 func (r *Resource) WriteZeroes(off, length int64, fua, noHole bool) error {
@@ -96,7 +121,7 @@ func (r *Resource) WriteZeroes(off, length int64, fua, noHole bool) error {
 	}
 	err := r.replicate(off, length, fua,
 		func(seq uint64) Message { return &TrimMsg{Seq: seq, Offset: off, Length: length, Zero: true} },
-		func() error { return r.local.WriteZeroes(off, length, fua, noHole) })
+		func() error { return r.b().local.WriteZeroes(off, length, fua, noHole) })
 	if err == nil {
 		r.writtenBytes.Add(length)
 	}
@@ -120,16 +145,29 @@ var errActivityLog = errors.New("replication: activity log")
 // write, under the activity log, so the mark survives a crash.
 func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) Message, local func() error) error {
 	if r.peer == nil {
+		if r.detached.Load() {
+			return fmt.Errorf("%w: %s is Diskless and has no peer: %w", ErrNoData, r.res.Name, syscall.EIO)
+		}
 		t0 := time.Now()
 		err := local()
 		r.latLocal.observe(time.Since(t0))
+		if err != nil {
+			r.localIOError("write", off, err)
+		}
 		return err
 	}
 	unlock := r.lock.Lock(off, length)
-	defer unlock()
-	release, err := r.al.Begin(off, length)
+	defer func() { unlock() }() // replicatePeerOnly may take it again
+	if r.detached.Load() {
+		return r.replicatePeerOnly(off, length, fua, msg, &unlock)
+	}
+	bk := r.b()
+	release, err := bk.al.Begin(off, length)
 	if err != nil {
 		r.log.Error("activity log", "err", err)
+		if r.localIOError("activity log", off, err) {
+			return r.replicatePeerOnly(off, length, fua, msg, &unlock)
+		}
 		return fmt.Errorf("%w: %w", errActivityLog, err)
 	}
 	defer release()
@@ -156,9 +194,25 @@ func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) M
 	t0 := time.Now()
 	lerr := local()
 	r.latLocal.observe(time.Since(t0))
+	detached := false
 	if lerr != nil {
 		// The peer may have the new data and this disk not.
 		r.bm.SetRange(off, length)
+		detached = r.localIOError("write", off, lerr)
+	}
+	if detached {
+		// The write counts if the peer has it (disk.go).
+		if p != nil {
+			<-p.done
+			ok := p.ok
+			if _, isTrim := m.(*TrimMsg); ok && fua && isTrim {
+				ok = <-s.barrier()
+			}
+			if ok {
+				return r.awaitIO(false)
+			}
+		}
+		return r.replicatePeerOnly(off, length, fua, msg, &unlock)
 	}
 	unreplicated := p == nil
 	if p != nil {
@@ -186,6 +240,18 @@ func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) M
 	}
 	if lerr != nil {
 		return lerr
+	}
+	if p != nil && r.partial.Load() {
+		select {
+		case <-p.done:
+			if p.ok {
+				// Attaching Primary: both disks have these blocks now;
+				// resync data still on its way for them is older and is
+				// skipped (disk.go).
+				r.bm.ClearRange(off, length)
+			}
+		default: // protocol A or B, not acknowledged yet: stays out of sync
+		}
 	}
 	// Quorum, and for a write the peer lacks, fencing (quorum.go).
 	return r.awaitIO(unreplicated)

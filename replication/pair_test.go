@@ -26,6 +26,7 @@ type testPair struct {
 	imgA, imgB string
 	a, b       *Resource
 	devs       map[string]device.Device // injected disks, by node
+	inject     bool                     // Options.FaultInjection
 
 	hmu      sync.Mutex
 	handlers []string // "node:handler" calls, in order
@@ -45,8 +46,14 @@ func newPair(t *testing.T, netExtra string) *testPair {
 
 // newPairOn builds a pair on injected disks (nil: files).
 func newPairOn(t *testing.T, netExtra string, devs map[string]device.Device) *testPair {
+	return newPairWith(t, netExtra, "", devs, false)
+}
+
+// newPairWith builds a pair with extra `disk { }` settings, on injected
+// disks (nil: files), with or without fault injection.
+func newPairWith(t *testing.T, netExtra, diskExtra string, devs map[string]device.Device, inject bool) *testPair {
 	dir := t.TempDir()
-	p := &testPair{t: t, net: NewMemNetwork(1), devs: devs}
+	p := &testPair{t: t, net: NewMemNetwork(1), devs: devs, inject: inject}
 	p.imgA, p.imgB = filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
 	for _, img := range []string{p.imgA, p.imgB} {
 		require.NoError(t, os.WriteFile(img, nil, 0o600))
@@ -54,10 +61,11 @@ func newPairOn(t *testing.T, netExtra string, devs map[string]device.Device) *te
 	}
 	src := fmt.Sprintf(`resource r0 {
   net { shared-secret "s3cret"; ping-int 1; connect-int 1; %s }
+  disk { %s }
   on a { node-id 0; address a:1; export %s; disk %s; meta-disk internal; }
   on b { node-id 1; address b:1; export %s; disk %s; meta-disk internal; }
 }
-`, netExtra, freeAddr(t), p.imgA, freeAddr(t), p.imgB)
+`, netExtra, diskExtra, freeAddr(t), p.imgA, freeAddr(t), p.imgB)
 	cfg, err := config.Parse(filepath.Join(dir, "t.conf"), []byte(src))
 	require.NoError(t, err)
 	p.res, err = cfg.Resource("r0")
@@ -81,7 +89,7 @@ func newPairOn(t *testing.T, netExtra string, devs map[string]device.Device) *te
 
 func (p *testPair) up(node string) *Resource {
 	peer := map[string]string{"a": "b:1", "b": "a:1"}[node]
-	r, err := Up(Options{Res: p.res, Node: node, Transport: p.net.Transport(node+":1", peer), Disk: p.devs[node],
+	r, err := Up(Options{Res: p.res, Node: node, Transport: p.net.Transport(node+":1", peer), Disk: p.devs[node], FaultInjection: p.inject,
 		Handler: func(name, _ string) {
 			p.hmu.Lock()
 			p.handlers = append(p.handlers, node+":"+name)
@@ -166,7 +174,7 @@ func TestPairInitialSyncAndReplication(t *testing.T) {
 	p.sameData()
 
 	// Same generation on both after the sync.
-	require.Equal(t, p.a.meta.Superblock().Current, p.b.meta.Superblock().Current)
+	require.Equal(t, p.a.b().meta.Superblock().Current, p.b.b().meta.Superblock().Current)
 	// The peer refuses a second Primary.
 	require.ErrorIs(t, p.b.Primary(false), ErrInUse)
 }
@@ -312,16 +320,16 @@ func TestPairCrashedPrimaryALResync(t *testing.T) {
 		require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), int64(i)*8192, false))
 	}
 	// A write in flight: on a's disk, never sent (the process died first).
-	release, err := p.a.al.Begin(4096, 4096)
+	release, err := p.a.b().al.Begin(4096, 4096)
 	require.NoError(t, err)
-	require.NoError(t, p.a.local.WriteAt(randBlock(rng, 4096), 4096, false))
+	require.NoError(t, p.a.b().local.WriteAt(randBlock(rng, 4096), 4096, false))
 	release()
 	p.a.abandon()
 	p.a = nil
 	eventually(t, "b notices", func() bool { return p.b.sess.Load() == nil })
 
 	p.a = p.up("a")
-	require.True(t, p.a.meta.Superblock().Flags&bitmapFlagCrashedPrimary() != 0)
+	require.True(t, p.a.b().meta.Superblock().Flags&bitmapFlagCrashedPrimary() != 0)
 	require.NotZero(t, p.a.bm.Count(), "activity-log extents marked out of sync")
 	require.Equal(t, DiskConsistent, p.a.DiskState())
 	p.waitSynced(p.a)

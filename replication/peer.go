@@ -334,8 +334,11 @@ func (r *Resource) WaitConnected(ctx context.Context, sync bool) error {
 		// A session that is already dead (a forced promotion or an
 		// invalidate reconnects to resync) does not count.
 		if s := r.sess.Load(); s != nil && !s.isDead() && c.ConnectionState == ConnConnected.String() {
-			rs := c.PeerDevices[0].ReplicationState
-			if !sync || rs == ReplEstablished.String() {
+			pd := c.PeerDevices[0]
+			// A finished resync is done when the target has said it is
+			// UpToDate (its State follows the source's ResyncDone).
+			caughtUp := pd.PeerDiskState != DiskInconsistent.String() || st.Devices[0].DiskState != DiskUpToDate.String()
+			if !sync || (pd.ReplicationState == ReplEstablished.String() && caughtUp) {
 				return nil
 			}
 		}

@@ -141,6 +141,9 @@ func (r *Resource) suspended() string {
 	if r.fo.fencing.Load() {
 		return "fencing"
 	}
+	if r.detached.Load() && r.res.Disk.OnNoDataAccessible == "suspend-io" && !r.peerUpToDate() {
+		return "no-data" // Diskless without an UpToDate peer (disk.go)
+	}
 	return ""
 }
 
@@ -271,8 +274,8 @@ func (r *Resource) fencePeer(witnessDone, handlerDone bool) {
 
 // fenced ends a fencing episode: new data generation, writes go on.
 func (r *Resource) fenced() {
-	if r.meta.Superblock().Bitmap == 0 {
-		if err := r.meta.Update(func(sb *bitmap.Superblock) {
+	if r.b().meta.Superblock().Bitmap == 0 {
+		if err := r.b().meta.Update(func(sb *bitmap.Superblock) {
 			g := NewCurrentUUID(Generation{Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History}, randomUUID())
 			sb.Current, sb.Bitmap, sb.History = g.Current, g.Bitmap, g.History
 		}); err != nil {
@@ -334,7 +337,7 @@ func (r *Resource) markOutdated() {
 		return
 	}
 	r.mu.Unlock()
-	if err := r.meta.Update(func(sb *bitmap.Superblock) { sb.Flags |= bitmap.FlagOutdated }); err != nil {
+	if err := r.b().meta.Update(func(sb *bitmap.Superblock) { sb.Flags |= bitmap.FlagOutdated }); err != nil {
 		r.log.Error("record Outdated", "err", err)
 		return
 	}

@@ -31,7 +31,7 @@ package replication
 //     connections get the new one). Writes past the old size were refused
 //     by the range check until this moment, so none can reach the peer
 //     before the peer has grown.
-//  5. If anything is marked, startSyncSource: the peer becomes SyncTarget
+//  5. If anything is marked, startSyncSourceRange: the peer becomes SyncTarget
 //     of that range while the session stays up, and the existing resync
 //     loop copies it. The verb returns once the sync runs (wait-sync waits).
 //
@@ -66,7 +66,7 @@ package replication
 //
 // # Mid-session resync
 //
-// startSyncSource marks a range out of sync here (durably) and sends
+// startSyncSourceRange marks a range out of sync here (durably) and sends
 // SyncStart on the data channel; the peer applies it in stream order under
 // a whole-device range lock: marks the range, clears its Consistent flag
 // durably, and is SyncTarget until the resync-done State. The session's
@@ -230,7 +230,7 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 		return res, fmt.Errorf("%w; the peer %s has grown to %d bytes: fix the cause, then run `twinbd resize %s` on this node to finish (the link reconnects, refusing the size mismatch until then)", err, r.peer.Name, n, r.res.Name)
 	}
 	if length > 0 {
-		if err := s.startSyncSource(off, length); err != nil {
+		if err := s.startSyncSourceRange(off, length); err != nil {
 			// The marks are durable on both nodes and the peer is
 			// Inconsistent: the next connect resyncs them.
 			s.fail(fmt.Errorf("resize: starting the resync of the new area: %w", err))
@@ -298,7 +298,7 @@ func (r *Resource) resizeMarks(assumeClean bool, old, n, peerMDOff, peerMDEnd in
 		return old, n - old
 	}
 	lo, hi := int64(math.MaxInt64), int64(0)
-	if lay := r.meta.Layout(); lay.Internal {
+	if lay := r.b().meta.Layout(); lay.Internal {
 		lo, hi = lay.MDOffset, lay.MDOffset+lay.MDSize
 	}
 	if peerMDEnd > peerMDOff {
@@ -328,10 +328,11 @@ func (r *Resource) growHere(n, markOff, markLen int64, res ResizeResult) (Resize
 // returns the largest size this node can grow to, and what limits it when
 // that is not simply the device's size.
 func (r *Resource) capacity() (int64, string, error) {
-	backing := r.closer[0]
+	bk := r.b()
+	backing := bk.closer[0]
 	md := backing
-	if len(r.closer) > 1 {
-		md = r.closer[1]
+	if len(bk.closer) > 1 {
+		md = bk.closer[1]
 	}
 	for _, d := range []device.Device{backing, md} {
 		if rz, ok := d.(device.Resizer); ok {
@@ -340,7 +341,7 @@ func (r *Resource) capacity() (int64, string, error) {
 			}
 		}
 	}
-	limit, why := bitmap.GrowLimit(r.meta.Layout(), backing.Size(), md.Size())
+	limit, why := bitmap.GrowLimit(bk.meta.Layout(), backing.Size(), md.Size())
 	if why != "" {
 		why = fmt.Sprintf("%s: %s", r.host.Disk, why)
 	}
@@ -367,27 +368,31 @@ func (r *Resource) growLocal(n, markOff, markLen int64, target bool) error {
 	if n > capacity {
 		return fmt.Errorf("replication: %s: cannot grow to %d bytes: this node offers at most %d: %s", r.res.Name, n, capacity, why)
 	}
-	win, ok := r.data.(*device.Window)
+	if r.detached.Load() {
+		return fmt.Errorf("replication: %s: the local disk is detached (Diskless): attach one first", r.res.Name)
+	}
+	bk := r.b() // attach swaps it only under the whole-device range lock, which the caller holds
+	win, ok := bk.data.(*device.Window)
 	if !ok {
 		return fmt.Errorf("replication: %s: the data area cannot grow", r.res.Name)
 	}
-	lay := r.meta.Layout()
+	lay := bk.meta.Layout()
 	if n > lay.DataSize {
-		md := r.closer[0]
-		if len(r.closer) > 1 {
-			md = r.closer[1]
+		md := bk.closer[0]
+		if len(bk.closer) > 1 {
+			md = bk.closer[1]
 		}
-		to, err := bitmap.GrownLayout(lay, n, r.closer[0].Size(), md.Size())
+		to, err := bitmap.GrownLayout(lay, n, bk.closer[0].Size(), md.Size())
 		if err != nil {
 			return fmt.Errorf("replication: %s: %w", r.res.Name, err)
 		}
-		opts := bitmap.GrowOptions{AL: r.al, Update: update}
+		opts := bitmap.GrowOptions{AL: bk.al, Update: update}
 		if r.bm != nil {
 			opts.Bitmap, opts.MarkOff, opts.MarkLen = r.bm, markOff, markLen
 		}
 		r.log.Info("resize: moving the metadata", "from-data", lay.DataSize, "to-data", to.DataSize,
-			"md-from", lay.MDOffset, "md-to", to.MDOffset, "backing-size", r.closer[0].Size())
-		if err := r.meta.Grow(to, opts); errors.Is(err, bitmap.ErrGrownPartly) {
+			"md-from", lay.MDOffset, "md-to", to.MDOffset, "backing-size", bk.closer[0].Size())
+		if err := bk.meta.Grow(to, opts); errors.Is(err, bitmap.ErrGrownPartly) {
 			r.log.Warn("resize: metadata grown, but a later write failed (covered by the marks)", "err", err)
 		} else if err != nil {
 			return fmt.Errorf("replication: %s: grow metadata: %w", r.res.Name, err)
@@ -398,12 +403,12 @@ func (r *Resource) growLocal(n, markOff, markLen int64, target bool) error {
 	} else {
 		if marking {
 			r.bm.SetRange(markOff, markLen)
-			if err := r.meta.WriteBitmap(r.bm); err != nil {
+			if err := bk.meta.WriteBitmap(r.bm); err != nil {
 				return fmt.Errorf("replication: %s: write bitmap: %w", r.res.Name, err)
 			}
 		}
 		if update != nil {
-			if err := r.meta.Update(update); err != nil {
+			if err := bk.meta.Update(update); err != nil {
 				return fmt.Errorf("replication: %s: write metadata: %w", r.res.Name, err)
 			}
 		}
@@ -534,7 +539,7 @@ func (r *Resource) probeReply() ResizeReplyMsg {
 	if err != nil {
 		rep.Failed, rep.Reason = true, clip(err.Error())
 	}
-	if lay := r.meta.Layout(); lay.Internal {
+	if lay := r.b().meta.Layout(); lay.Internal {
 		rep.MDOffset, rep.MDEnd = lay.MDOffset, lay.MDOffset+lay.MDSize
 	}
 	return rep
@@ -573,7 +578,7 @@ func clip(s string) string {
 	return s + "…"
 }
 
-// startSyncSource marks [off, off+length) out of sync, here and on the
+// startSyncSourceRange marks [off, off+length) out of sync, here and on the
 // peer, and makes this node the SyncSource of a resync of it while the
 // session stays up; the peer is SyncTarget (Inconsistent, so never
 // promoted) until the resync-done State (the file comment has the
@@ -581,7 +586,7 @@ func clip(s string) string {
 // other resync or verify running) and a peer that is not Primary (a
 // Primary's data does not change under its users: DRBD's rr-conflict). It
 // returns once the resync runs; ReplState says when it is done.
-func (s *session) startSyncSource(off, length int64) error {
+func (s *session) startSyncSourceRange(off, length int64) error {
 	r := s.r
 	r.mu.Lock()
 	var refuse error
@@ -612,7 +617,7 @@ func (s *session) startSyncSource(off, length int64) error {
 	// Durable here before the peer hears of it: a crash of this node
 	// keeps the marks, a crash of the peer finds it Inconsistent.
 	r.bm.SetRange(off, length)
-	if err := r.meta.WriteBitmap(r.bm); err != nil {
+	if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 		restore()
 		return fmt.Errorf("replication: %s: write bitmap: %w", r.res.Name, err)
 	}
@@ -649,12 +654,13 @@ func (r *Resource) beginSyncTarget(off, length int64) error {
 	case r.writable.Load():
 		return fmt.Errorf("%w: the peer started a resync into this Primary's data", ErrMalformed)
 	}
+	bk := r.b()
 	r.bm.SetRange(off, length)
-	if err := r.meta.WriteBitmap(r.bm); err != nil {
+	if err := bk.meta.WriteBitmap(r.bm); err != nil {
 		return err
 	}
-	if sb := r.meta.Superblock(); sb.Flags&(bitmap.FlagConsistent|bitmap.FlagWasUpToDate) != 0 {
-		if err := r.meta.Update(func(sb *bitmap.Superblock) {
+	if sb := bk.meta.Superblock(); sb.Flags&(bitmap.FlagConsistent|bitmap.FlagWasUpToDate) != 0 {
+		if err := bk.meta.Update(func(sb *bitmap.Superblock) {
 			sb.Flags &^= bitmap.FlagConsistent | bitmap.FlagWasUpToDate
 		}); err != nil {
 			return err

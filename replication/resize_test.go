@@ -123,7 +123,7 @@ func TestPairResizeUnderLoad(t *testing.T) {
 	p.waitSynced(p.a)
 	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
 	old := p.a.Size()
-	oldLay := p.a.meta.Layout()
+	oldLay := p.a.b().meta.Layout()
 
 	w := startWriters(t, p.a, 4, 1)
 	time.Sleep(100 * time.Millisecond) // writes in flight when the resize comes
@@ -183,7 +183,7 @@ func TestPairResizeAssumeClean(t *testing.T) {
 	p := newPair(t, "")
 	require.NoError(t, p.a.Primary(true))
 	p.waitSynced(p.a)
-	oldLay := p.a.meta.Layout()
+	oldLay := p.a.b().meta.Layout()
 	growImages(t, p, 3*pairSize)
 	res, err := p.a.Resize(context.Background(), ResizeOptions{AssumeClean: true})
 	require.NoError(t, err)
@@ -297,7 +297,7 @@ func TestPairResizeInterrupted(t *testing.T) {
 	p.sameData()
 }
 
-// startSyncSource on its own: a range that differs behind twinbd's back is
+// startSyncSourceRange on its own: a range that differs behind twinbd's back is
 // resynced mid-session while writes go on; the peer is SyncTarget and
 // Inconsistent meanwhile (not promotable), a link break in the middle is
 // survived (the next connect resumes it), and the replicas converge.
@@ -319,14 +319,14 @@ func TestPairMidSessionResync(t *testing.T) {
 	require.NoError(t, f.Close())
 
 	s := p.a.sess.Load()
-	require.NoError(t, s.startSyncSource(off, length))
-	require.ErrorIs(t, s.startSyncSource(0, 4096), ErrInUse, "one resync at a time")
+	require.NoError(t, s.startSyncSourceRange(off, length))
+	require.ErrorIs(t, s.startSyncSourceRange(0, 4096), ErrInUse, "one resync at a time")
 	eventually(t, "b SyncTarget", func() bool { return p.b.ReplState() == ReplSyncTarget })
 	require.Equal(t, DiskInconsistent, p.b.DiskState())
 	may, score := p.b.Promotion()
 	require.False(t, may)
 	require.Zero(t, score, "an Inconsistent disk has no promotion score")
-	require.Zero(t, p.b.meta.Superblock().Flags&bitmap.FlagConsistent, "durably Inconsistent")
+	require.Zero(t, p.b.b().meta.Superblock().Flags&bitmap.FlagConsistent, "durably Inconsistent")
 
 	// A link break in the middle: the next connect resumes it.
 	eventually(t, "some of it synced", func() bool { return p.a.link.syncedBytes.Load() > 0 })
@@ -413,11 +413,11 @@ func TestResizeExternalMetadata(t *testing.T) {
 	r = up()
 	require.Equal(t, int64(1<<30), r.Size())
 	buf := make([]byte, 4096)
-	require.NoError(t, r.local.ReadAt(buf, 1<<30-4096))
+	require.NoError(t, r.b().local.ReadAt(buf, 1<<30-4096))
 	v, ok := blockVersion(buf, 1<<30-4096)
 	require.True(t, ok)
 	require.Equal(t, uint64(8), v)
-	require.NoError(t, r.local.ReadAt(buf, 4096))
+	require.NoError(t, r.b().local.ReadAt(buf, 4096))
 	v, _ = blockVersion(buf, 4096)
 	require.Equal(t, uint64(7), v)
 	require.NoError(t, r.Down(true))

@@ -52,6 +52,9 @@ type Options struct {
 	// node again (and releases the witness lease, so the peer may take
 	// over).
 	Services Services
+	// FaultInjection wraps the backing disk in a device.Faulty that
+	// DiskFault and PowerFail control (tests, `twinbd debug disk-fault`).
+	FaultInjection bool
 }
 
 // Services is what runs on top of the device while this node is Primary.
@@ -88,17 +91,19 @@ type linkState struct {
 
 // Resource is one resource brought up on this node.
 type Resource struct {
-	res    *config.Resource
-	host   *config.Host
-	peers  []*config.Host
-	log    *slog.Logger
-	data   device.Device     // the replicated data area
-	local  *nbd.DeviceExport // NBD operations on data
-	closer []device.Device
-	meta   *bitmap.Meta
-	size   atomic.Int64 // the exported size, read on every I/O; an online resize grows it (resize.go)
+	res   *config.Resource
+	host  *config.Host
+	peers []*config.Host
+	log   *slog.Logger
+	bk    atomic.Pointer[backing] // the local disk (attach swaps it)
+	size  atomic.Int64            // the exported size, read on every I/O; an online resize grows it (resize.go)
 
 	writable atomic.Bool // true only while Primary and serving
+
+	// local disk failure (disk.go)
+	detached      atomic.Bool // the disk failed or was detached: Diskless
+	partial       atomic.Bool // Primary attaching a new disk: out-of-sync blocks are read from the peer
+	ioErrorCalled atomic.Bool // local-io-error ran for this disk (call-local-io-error)
 
 	// statistics (bytes)
 	readBytes, writtenBytes atomic.Int64
@@ -106,11 +111,10 @@ type Resource struct {
 	latLocal, latPeer       latencyHist
 
 	// replication
-	bm     *bitmap.Bitmap      // out-of-sync blocks; nil without a peer
-	al     *bitmap.ActivityLog // nil without a peer
-	lock   rangeLock           // orders overlapping writes (invariant 3)
-	peer   *config.Host        // nil without a peer
-	tr     Transport           // nil without a peer
+	bm     *bitmap.Bitmap // out-of-sync blocks; nil without a peer
+	lock   rangeLock      // orders overlapping writes (invariant 3)
+	peer   *config.Host   // nil without a peer
+	tr     Transport      // nil without a peer
 	sess   atomic.Pointer[session]
 	handle func(name, command string)
 
@@ -126,6 +130,7 @@ type Resource struct {
 	mu            sync.Mutex // guards role, disk, server, ln, down, link and the fields below
 	role          Role
 	disk          DiskState
+	diskReason    string // why the disk is Failed/Diskless
 	server        *nbd.Server
 	ln            net.Listener
 	serveWG       sync.WaitGroup
@@ -139,6 +144,21 @@ type Resource struct {
 	resizeMu sync.Mutex // one resize at a time (resize.go)
 }
 
+// backing is the local disk: its data area, metadata and activity log.
+// It is replaced whole when a new disk is attached, and read through r.b()
+// without a lock.
+type backing struct {
+	data   device.Device     // the replicated data area
+	local  *nbd.DeviceExport // NBD operations on data
+	closer []device.Device
+	faulty *device.Faulty // the backing disk's fault injector, or nil
+	meta   *bitmap.Meta
+	al     *bitmap.ActivityLog // nil without a peer
+}
+
+// b is the local disk now.
+func (r *Resource) b() *backing { return r.bk.Load() }
+
 // Up opens the local disk and its metadata and refuses a disk whose metadata
 // is missing, corrupt, or belongs to another resource, node or size.
 func Up(opts Options) (*Resource, error) {
@@ -151,7 +171,7 @@ func Up(opts Options) (*Resource, error) {
 		log = slog.Default()
 	}
 	log = log.With("resource", opts.Res.Name)
-	data, md, closers, lay, err := openBacking(opts.Res, host, opts.Disk, true)
+	data, md, closers, lay, faulty, err := openBacking(opts.Res, host, opts.Disk, opts.FaultInjection, true)
 	if err != nil {
 		return nil, err
 	}
@@ -178,10 +198,10 @@ func Up(opts Options) (*Resource, error) {
 	}
 	r := &Resource{
 		res: opts.Res, host: host, peers: opts.Res.Peers(opts.Node), log: log,
-		data: data, local: nbd.NewDeviceExport(data, false), closer: closers,
-		meta: meta, role: RoleSecondary,
+		role: RoleSecondary,
 	}
 	r.size.Store(size)
+	r.bk.Store(&backing{data: data, local: nbd.NewDeviceExport(data, false), closer: closers, meta: meta, faulty: faulty})
 	sb := meta.Superblock()
 	r.disk = diskStateFromFlags(sb.Flags)
 	r.handle = opts.Handler
@@ -248,38 +268,21 @@ func Up(opts Options) (*Resource, error) {
 // anything else happens.
 func (r *Resource) openReplication(opts Options, lay bitmap.Layout) error {
 	r.peer = r.peers[0]
-	bm, err := r.meta.ReadBitmap()
+	bm, err := r.b().meta.ReadBitmap()
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrMetadata, r.host.Disk, err)
 	}
 	r.bm = bm
-	ext := r.res.Disk.ALExtents
-	if ext <= 0 || ext > bitmap.MaxALExtents {
-		if ext > bitmap.MaxALExtents {
-			r.log.Warn("al-extents larger than one activity-log transaction holds; using the maximum", "al-extents", ext, "max", bitmap.MaxALExtents)
-		}
-		ext = bitmap.MaxALExtents
-	}
-	var md device.Device = r.closer[0]
-	if len(r.closer) > 1 {
-		md = r.closer[1]
-	}
-	al, err := bitmap.OpenActivityLog(md, lay, 0, ext, bitmap.ALOptions{
-		OnEvict: func(e int64) error {
-			es := int64(bitmap.DefaultExtentSize)
-			return r.meta.WriteBitmapRange(r.bm, e*es, es)
-		},
-	})
+	al, err := r.openAL(r.b(), lay)
 	if err != nil {
-		return fmt.Errorf("%w: %s: activity log: %w", ErrMetadata, r.host.Disk, err)
+		return err
 	}
-	r.al = al
 	if rec := al.Recovered(); len(rec) > 0 {
 		es := al.ExtentSize()
 		for _, e := range rec {
 			bm.SetRange(e*es, es)
 		}
-		if err := r.meta.WriteBitmap(bm); err != nil {
+		if err := r.b().meta.WriteBitmap(bm); err != nil {
 			return fmt.Errorf("replication: %s: write bitmap: %w", r.res.Name, err)
 		}
 		r.log.Warn("activity log held extents: marked out of sync", "extents", len(rec), "out-of-sync", bm.Bytes())
@@ -293,6 +296,34 @@ func (r *Resource) openReplication(opts Options, lay bitmap.Layout) error {
 	}
 	r.connectCh = make(chan struct{}, 1)
 	return nil
+}
+
+// openAL opens the activity log on bk's metadata device and sets bk.al; an
+// extent it evicts has its bits written to bk's bitmap area.
+func (r *Resource) openAL(bk *backing, lay bitmap.Layout) (*bitmap.ActivityLog, error) {
+	ext := r.res.Disk.ALExtents
+	if ext <= 0 || ext > bitmap.MaxALExtents {
+		if ext > bitmap.MaxALExtents {
+			r.log.Warn("al-extents larger than one activity-log transaction holds; using the maximum", "al-extents", ext, "max", bitmap.MaxALExtents)
+		}
+		ext = bitmap.MaxALExtents
+	}
+	md := bk.closer[0]
+	if len(bk.closer) > 1 {
+		md = bk.closer[1]
+	}
+	meta := bk.meta
+	al, err := bitmap.OpenActivityLog(md, lay, 0, ext, bitmap.ALOptions{
+		OnEvict: func(e int64) error {
+			es := int64(bitmap.DefaultExtentSize)
+			return meta.WriteBitmapRange(r.bm, e*es, es)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: activity log: %w", ErrMetadata, r.host.Disk, err)
+	}
+	bk.al = al
+	return al, nil
 }
 
 // runHandler runs a configured handler (nothing if command is empty).
@@ -330,7 +361,7 @@ func (r *Resource) ReplState() ReplState {
 // markUpToDate records that the local data is current (connected to a
 // peer at the same generation, or a finished resync).
 func (r *Resource) markUpToDate() error {
-	if err := r.meta.Update(func(sb *bitmap.Superblock) {
+	if err := r.b().meta.Update(func(sb *bitmap.Superblock) {
 		sb.Flags |= bitmap.FlagConsistent | bitmap.FlagWasUpToDate
 		sb.Flags &^= bitmap.FlagOutdated
 	}); err != nil {
@@ -341,10 +372,11 @@ func (r *Resource) markUpToDate() error {
 }
 
 // openBacking opens the backing disk (and external metadata device) and
-// computes the metadata layout for the largest data area. With fit (up),
-// an external metadata device too small for all of the data device gives
-// the layout for what it holds (Locate then reads the recorded size).
-func openBacking(res *config.Resource, host *config.Host, dev device.Device, fit bool) (data, md device.Device, closers []device.Device, lay bitmap.Layout, err error) {
+// computes the metadata layout for the largest data area. inject wraps the
+// backing disk in a device.Faulty. With fit (up), an external metadata
+// device too small for all of the data device gives the layout for what it
+// holds (Locate then reads the recorded size).
+func openBacking(res *config.Resource, host *config.Host, dev device.Device, inject, fit bool) (data, md device.Device, closers []device.Device, lay bitmap.Layout, faulty *device.Faulty, err error) {
 	gran := res.Disk.BitmapGranularity
 	if gran == 0 {
 		gran = bitmap.DefaultGranularity
@@ -353,11 +385,15 @@ func openBacking(res *config.Resource, host *config.Host, dev device.Device, fit
 	if dev == nil {
 		f, err := device.OpenFile(host.Disk)
 		if err != nil {
-			return nil, nil, nil, lay, fmt.Errorf("replication: backing disk: %w", err)
+			return nil, nil, nil, lay, nil, fmt.Errorf("replication: backing disk: %w", err)
 		}
 		backing = f
 	} else if host.MetaDisk != "internal" {
-		return nil, nil, nil, lay, fmt.Errorf("replication: an injected disk needs internal metadata")
+		return nil, nil, nil, lay, nil, fmt.Errorf("replication: an injected disk needs internal metadata")
+	}
+	if inject {
+		faulty = device.NewFaulty(backing)
+		backing = faulty
 	}
 	closers = []device.Device{backing}
 	if host.MetaDisk == "internal" {
@@ -382,9 +418,9 @@ func openBacking(res *config.Resource, host *config.Host, dev device.Device, fit
 		for _, c := range closers {
 			c.Close()
 		}
-		return nil, nil, nil, lay, fmt.Errorf("replication: %s: %w", host.Disk, err)
+		return nil, nil, nil, lay, nil, fmt.Errorf("replication: %s: %w", host.Disk, err)
 	}
-	return data, md, closers, lay, nil
+	return data, md, closers, lay, faulty, nil
 }
 
 func metaHint(res string, host *config.Host, err error) string {
@@ -522,6 +558,10 @@ func (r *Resource) promoteLocked(force, known bool) error {
 	if addr == "" {
 		return fmt.Errorf("replication: %s: no `export IP:PORT;` for node %s or the resource: nowhere to serve NBD", r.res.Name, r.host.Name)
 	}
+	if r.detached.Load() {
+		// Even forced: a Diskless node has no data to declare UpToDate.
+		return fmt.Errorf("%w: %s has no disk (Diskless: %s); replace it, run `twinbd create-md %s` and `twinbd attach %s`, or promote the peer", ErrNoUpToDate, r.res.Name, r.diskReason, r.res.Name, r.res.Name)
+	}
 	sess := r.sess.Load()
 	if sess != nil && r.link.peerRole == RolePrimary {
 		return fmt.Errorf("%w: the peer %s is Primary; demote it first (twinbd secondary %s on %s): two Primaries are never allowed", ErrInUse, r.peer.Name, r.res.Name, r.peer.Name)
@@ -561,10 +601,10 @@ func (r *Resource) promoteLocked(force, known bool) error {
 	// full sync, then "unrelated data" (found by TestPairRandomFaults).
 	// Inconsistent or Outdated data declared UpToDate by --force always
 	// starts one (it may be older than what the peer holds).
-	sb := r.meta.Superblock()
+	sb := r.b().meta.Superblock()
 	stale := r.disk == DiskInconsistent || r.disk == DiskOutdated || sb.Current == 0
 	rotate := stale || (sess == nil && sb.Bitmap == 0) || (sess != nil && !upToDate)
-	if err := r.meta.Update(func(s *bitmap.Superblock) {
+	if err := r.b().meta.Update(func(s *bitmap.Superblock) {
 		s.Flags |= bitmap.FlagConsistent | bitmap.FlagWasUpToDate | bitmap.FlagPrimaryInd
 		s.Flags &^= bitmap.FlagOutdated | bitmap.FlagCrashedPrimary
 		if rotate {
@@ -673,10 +713,10 @@ func (r *Resource) secondaryLocked(force bool) error {
 	r.fo.fencing.Store(false)
 	r.server, r.ln = nil, nil
 	r.role = RoleSecondary
-	if err := r.data.Flush(); err != nil {
+	if err := r.b().data.Flush(); err != nil && !r.detached.Load() {
 		return fmt.Errorf("replication: %s: flush on demotion: %w", r.res.Name, err)
 	}
-	if err := r.meta.Update(func(s *bitmap.Superblock) { s.Flags &^= bitmap.FlagPrimaryInd }); err != nil {
+	if err := r.b().meta.Update(func(s *bitmap.Superblock) { s.Flags &^= bitmap.FlagPrimaryInd }); err != nil {
 		return fmt.Errorf("replication: %s: write metadata: %w", r.res.Name, err)
 	}
 	r.log.Info("demoted to Secondary")
@@ -715,23 +755,23 @@ func (r *Resource) Down(force bool) error {
 	if r.down {
 		return nil
 	}
-	if err := r.data.Flush(); err != nil {
+	if err := r.b().data.Flush(); err != nil && !r.detached.Load() {
 		return fmt.Errorf("replication: %s: flush: %w", r.res.Name, err)
 	}
-	if r.bm != nil {
+	if r.bm != nil && !r.detached.Load() {
 		// The bitmap on disk is now complete, so the activity log can be
 		// emptied: a restart finds exactly the recorded bits.
-		if err := r.meta.WriteBitmap(r.bm); err != nil {
+		if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 			return fmt.Errorf("replication: %s: write bitmap: %w", r.res.Name, err)
 		}
-		if err := r.al.Clean(); err != nil {
+		if err := r.b().al.Clean(); err != nil {
 			r.log.Warn("activity log not cleaned; its extents will be resynced after the next start", "err", err)
 		}
 	}
 	r.down = true
 	r.link.conn = ConnStandAlone
 	var first error
-	for _, c := range r.closer {
+	for _, c := range r.b().closer {
 		if err := c.Close(); err != nil && first == nil {
 			first = err
 		}

@@ -55,7 +55,7 @@ func TestPromotionRules(t *testing.T) {
 	require.ErrorIs(t, r.WriteAt(make([]byte, 4096), 0, false), nbd.ErrReadOnly)
 	require.NoError(t, r.Primary(true))
 	require.Equal(t, DiskUpToDate, r.DiskState())
-	sb := r.meta.Superblock()
+	sb := r.b().meta.Superblock()
 	require.NotZero(t, sb.Current)
 	require.True(t, sb.Has(bitmap.FlagPrimaryInd|bitmap.FlagConsistent|bitmap.FlagWasUpToDate))
 	require.NoError(t, r.WriteAt([]byte("hello"), 4096, true))
@@ -65,7 +65,7 @@ func TestPromotionRules(t *testing.T) {
 	require.ErrorIs(t, r.WriteAt(buf, r.Size()-2, false), nbd.ErrOutOfRange)
 
 	require.NoError(t, r.Secondary(false))
-	sbAfter := r.meta.Superblock()
+	sbAfter := r.b().meta.Superblock()
 	require.False(t, sbAfter.Has(bitmap.FlagPrimaryInd))
 	require.ErrorIs(t, r.WriteAt(buf, 0, false), nbd.ErrReadOnly)
 	require.NoError(t, r.Down(false))
@@ -79,7 +79,7 @@ func TestPromotionRules(t *testing.T) {
 	require.Equal(t, DiskConsistent, r.DiskState())
 	require.ErrorIs(t, r.Primary(false), ErrNoUpToDate)
 	require.NoError(t, r.Primary(true))
-	sb2 := r.meta.Superblock()
+	sb2 := r.b().meta.Superblock()
 	require.Equal(t, sb.Current, sb2.Bitmap)
 	require.NotEqual(t, sb.Current, sb2.Current)
 	require.NoError(t, r.ReadAt(buf, 4096))
@@ -95,7 +95,7 @@ func TestSingleNodeConsistentPromotes(t *testing.T) {
 	r, err := Up(Options{Res: res, Node: "a"})
 	require.NoError(t, err)
 	require.NoError(t, r.Primary(true))
-	gen := r.meta.Superblock().Current
+	gen := r.b().meta.Superblock().Current
 	require.NoError(t, r.Down(false))
 
 	r, err = Up(Options{Res: res, Node: "a"})
@@ -103,7 +103,7 @@ func TestSingleNodeConsistentPromotes(t *testing.T) {
 	defer r.Down(true)
 	require.Equal(t, DiskConsistent, r.DiskState())
 	require.NoError(t, r.Primary(false), "the only copy of a single-node resource")
-	sb := r.meta.Superblock()
+	sb := r.b().meta.Superblock()
 	require.Equal(t, gen, sb.Bitmap, "promoted while disconnected: new generation, old one kept as bitmap UUID")
 	require.NotEqual(t, gen, sb.Current)
 }
@@ -119,7 +119,7 @@ func TestCrashedPrimaryRecorded(t *testing.T) {
 	r.mu.Lock()
 	r.server.CloseConnections()
 	r.ln.Close()
-	for _, c := range r.closer {
+	for _, c := range r.b().closer {
 		c.Close()
 	}
 	r.mu.Unlock()
@@ -128,7 +128,7 @@ func TestCrashedPrimaryRecorded(t *testing.T) {
 	r2, err := Up(Options{Res: res, Node: "a"})
 	require.NoError(t, err)
 	defer r2.Down(true)
-	sb := r2.meta.Superblock()
+	sb := r2.b().meta.Superblock()
 	require.True(t, sb.Has(bitmap.FlagCrashedPrimary))
 	require.False(t, sb.Has(bitmap.FlagPrimaryInd))
 }
@@ -169,12 +169,12 @@ func TestPromotionFailsCleanlyWhenExportPortTaken(t *testing.T) {
 	require.NoError(t, err)
 	busy, err := net.Listen("tcp", res.ExportFor(host))
 	require.NoError(t, err)
-	before := r.meta.Superblock()
+	before := r.b().meta.Superblock()
 
 	require.Error(t, r.Primary(true))
 	require.Equal(t, RoleSecondary, r.Role())
 	require.Equal(t, DiskInconsistent, r.DiskState())
-	require.Equal(t, before, r.meta.Superblock(), "a promotion that never served must not touch the metadata")
+	require.Equal(t, before, r.b().meta.Superblock(), "a promotion that never served must not touch the metadata")
 
 	busy.Close()
 	require.NoError(t, r.Primary(true))

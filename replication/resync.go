@@ -130,12 +130,20 @@ func (s *session) resyncRun(off, length int64, done func()) {
 		return
 	}
 	buf := make([]byte, length)
-	if err := r.local.ReadAt(buf, off); err != nil {
+	if err := r.peerIO("resync read", off, func() error { return r.b().local.ReadAt(buf, off) }); err != nil {
 		unlock()
 		done()
 		r.log.Error("resync: reading local data failed", "off", off, "err", err)
 		s.fail(fmt.Errorf("resync source: read at %d: %w", off, err))
 		return
+	}
+	if s.toPrimary.Load() {
+		// The target is an attaching Primary: its application writes
+		// come to this node, and the target orders them against resync
+		// data itself (disk.go). Holding the range until its ack would
+		// deadlock with a write of the same range waiting for ours.
+		unlock()
+		unlock = func() {}
 	}
 	sendData := func() {
 		p := &pending{rng: rng{off, length}}
@@ -202,7 +210,7 @@ func (s *session) finishSource() {
 	case <-s.deadCh:
 		return
 	}
-	sb := r.meta.Superblock()
+	sb := r.b().meta.Superblock()
 	g := Generation{Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History}
 	if g.Bitmap != 0 {
 		g.History[1], g.History[0] = g.History[0], g.Bitmap
@@ -213,13 +221,13 @@ func (s *session) finishSource() {
 	if s.writeDataSeq(0, done) != nil {
 		return
 	}
-	if err := r.meta.Update(func(sb *bitmap.Superblock) {
+	if err := r.b().meta.Update(func(sb *bitmap.Superblock) {
 		sb.Bitmap, sb.History = g.Bitmap, g.History
 	}); err != nil {
 		s.fail(fmt.Errorf("resync done: write metadata: %w", err))
 		return
 	}
-	if err := r.meta.WriteBitmap(r.bm); err != nil {
+	if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 		r.log.Warn("resync done: writing the bitmap failed", "err", err)
 	}
 	r.mu.Lock()

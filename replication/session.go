@@ -74,7 +74,12 @@ type pending struct {
 	same  bool          // ChecksumReply.Same
 	// onDone, if set, runs (once) instead of a waiter reading done.
 	onDone func(p *pending)
-	sent   int64 // r.stamp() at register (ko-count watchdog)
+	// read: a ReadRequest (disk.go); the reply's data goes to buf, or
+	// its errno to errno.
+	read  bool
+	buf   []byte
+	errno uint32
+	sent  int64 // r.stamp() at register (ko-count watchdog)
 }
 
 type session struct {
@@ -104,15 +109,14 @@ type session struct {
 	lastBarrier chan struct{}
 	workers     sync.WaitGroup
 	sem         chan struct{}
+	extra       sync.WaitGroup // loops started after the handshake (startSyncSource)
+	toPrimary   atomic.Bool    // resync source of an attaching Primary (disk.go)
 
 	// resync state (source)
 	csums    bool
 	syncedAt time.Time
 
-	// resize.go: the answer to a Resize, and a resync started mid-session
-	// (waited for before teardown, like the handshake's).
-	rz    resizeWait
-	extra sync.WaitGroup
+	rz resizeWait // resize.go: the answer to a Resize
 }
 
 func newSession(r *Resource, data, meta net.Conn) *session {
@@ -363,7 +367,7 @@ func (r *Resource) runSession(ctx context.Context, data, meta net.Conn) error {
 
 // myState is this node's State message.
 func (r *Resource) myState(flags uint32) *StateMsg {
-	sb := r.meta.Superblock()
+	sb := r.b().meta.Superblock()
 	r.mu.Lock()
 	role, disk := r.role, r.disk
 	if r.discardMyData {
@@ -441,7 +445,12 @@ func (s *session) handshake() (SyncKind, error) {
 		return 0, s.refuse("bitmap granularity mismatch: %d here, %d on the peer", r.bm.Granularity(), theirs.Granularity)
 	}
 	me, peer := syncInput(mine, r.host.NodeID), syncInput(theirs, r.peer.NodeID)
-	d := DecideSync(me, peer)
+	// A Diskless node has no data to compare: no sync either way (disk.go).
+	diskless := me.Disk == DiskDiskless || peer.Disk == DiskDiskless
+	d := Decision{Kind: NoSync, Rule: "a Diskless node takes part in no resync"}
+	if !diskless {
+		d = DecideSync(me, peer)
+	}
 	kind := d.Kind
 	switch kind {
 	case SplitBrainAuto, SplitBrainManual:
@@ -494,18 +503,18 @@ func (s *session) handshake() (SyncKind, error) {
 	peerDisk := DiskState(theirs.Disk)
 	switch {
 	case kind.Target():
-		if err := r.meta.Update(func(sb *bitmap.Superblock) {
+		if err := r.b().meta.Update(func(sb *bitmap.Superblock) {
 			sb.Flags &^= bitmap.FlagConsistent | bitmap.FlagWasUpToDate
 		}); err != nil {
 			return 0, fmt.Errorf("mark Inconsistent: %w", err)
 		}
-		if err := r.meta.WriteBitmap(r.bm); err != nil {
+		if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 			return 0, err
 		}
 		r.runHandler("before-resync-target", r.res.Handlers.BeforeResyncTarget)
 		r.setDisk(DiskInconsistent)
 	case kind.Source():
-		if err := r.meta.WriteBitmap(r.bm); err != nil {
+		if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 			return 0, err
 		}
 		// The source holds the newest data by the sync decision: a
@@ -517,6 +526,16 @@ func (s *session) handshake() (SyncKind, error) {
 		}
 		peerDisk = DiskInconsistent
 		s.csums = peer.CrashedPrimary || me.CrashedPrimary || r.res.Net.CsumsAlg != ""
+	case diskless:
+		// A Diskless Primary writes nothing its peer does not get; at the
+		// same data generation (no writes of its own before its disk
+		// failed) the peer's consistent data is current.
+		if peer.Disk == DiskDiskless && peer.Role == RolePrimary && me.Disk == DiskConsistent &&
+			me.Gen.Current&^1 == peer.Gen.Current&^1 {
+			if err := r.markUpToDate(); err != nil {
+				return 0, err
+			}
+		}
 	case kind == NoSync:
 		// Same generation on both sides: consistent data is now known
 		// to be current on both.
@@ -529,7 +548,7 @@ func (s *session) handshake() (SyncKind, error) {
 	}
 	// The crashed-primary flag has done its job once a sync was decided.
 	if me.CrashedPrimary {
-		r.meta.Update(func(sb *bitmap.Superblock) { sb.Flags &^= bitmap.FlagCrashedPrimary })
+		r.b().meta.Update(func(sb *bitmap.Superblock) { sb.Flags &^= bitmap.FlagCrashedPrimary })
 	}
 	s.data.SetDeadline(time.Time{})
 	s.meta.SetDeadline(time.Time{})
@@ -650,7 +669,12 @@ func (s *session) readMeta() {
 		case *WriteAckMsg:
 			s.complete(m.Seq, true, false)
 		case *NegAckMsg:
-			r.log.Warn("peer failed a write", "seq", m.Seq, "errno", m.Errno)
+			r.mu.Lock()
+			diskless := r.link.peerDisk == DiskDiskless
+			r.mu.Unlock()
+			if !diskless { // a Diskless peer refuses every write
+				r.log.Warn("peer failed a write", "seq", m.Seq, "errno", m.Errno)
+			}
 			s.complete(m.Seq, false, false)
 		case *ChecksumReplyMsg:
 			s.complete(f.Seq, true, m.Same)
@@ -672,6 +696,10 @@ func (s *session) readMeta() {
 			r.pokeWitness()
 			if m.Flags&StateHandover != 0 && Role(m.Role) == RoleSecondary {
 				r.handover()
+			}
+			if m.Flags&StateAttached != 0 {
+				// Not here: it waits for writes whose acks this reader reads.
+				s.extra.Go(s.startSyncSource)
 			}
 		case *DisconnectMsg:
 			s.fail(fmt.Errorf("peer disconnected: %s", m.Reason))
@@ -795,7 +823,9 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		inline = m.Flags&DataFUA == 0
 		off, length = m.Offset, int64(len(m.Payload))
 		work = func() error {
-			err := r.local.WriteAt(m.Payload, m.Offset, m.Flags&DataFUA != 0)
+			err := r.peerIO("write", m.Offset, func() error {
+				return r.b().local.WriteAt(m.Payload, m.Offset, m.Flags&DataFUA != 0)
+			})
 			if err == nil {
 				r.writtenBytes.Add(int64(len(m.Payload)))
 			}
@@ -808,10 +838,12 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		}
 		off, length = m.Offset, m.Length
 		work = func() error {
-			if m.Zero {
-				return r.local.WriteZeroes(m.Offset, m.Length, false, false)
-			}
-			return r.local.Trim(m.Offset, m.Length, false)
+			return r.peerIO("trim", m.Offset, func() error {
+				if m.Zero {
+					return r.b().local.WriteZeroes(m.Offset, m.Length, false, false)
+				}
+				return r.b().local.Trim(m.Offset, m.Length, false)
+			})
 		}
 		ack = writeAck(m.Seq)
 	case *ResyncDataMsg:
@@ -827,12 +859,15 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		}
 		off, length = m.Offset, m.Length
 		work = func() error {
-			var err error
-			if p == nil {
-				err = r.local.WriteZeroes(m.Offset, m.Length, false, false) // may punch a hole
-			} else {
-				err = r.local.WriteAt(p, m.Offset, false)
-			}
+			err := r.peerIO("resync write", m.Offset, func() error {
+				if r.partial.Load() {
+					return r.applyResyncPartial(m.Offset, m.Length, p)
+				}
+				if p == nil {
+					return r.b().local.WriteZeroes(m.Offset, m.Length, false, false) // may punch a hole
+				}
+				return r.b().local.WriteAt(p, m.Offset, false)
+			})
 			if err != nil {
 				return err
 			}
@@ -850,7 +885,7 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		var same bool
 		work = func() error {
 			buf := make([]byte, m.Length)
-			if err := r.local.ReadAt(buf, m.Offset); err != nil {
+			if err := r.peerIO("read", m.Offset, func() error { return r.b().local.ReadAt(buf, m.Offset) }); err != nil {
 				return err
 			}
 			same = xxhash.Sum64(buf) == m.Sum
@@ -881,7 +916,9 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 			if prev != nil {
 				<-prev
 			}
-			if err := r.data.Flush(); err != nil {
+			// Diskless: nothing here to make durable (the Primary's
+			// writes were refused and are out of sync on its side).
+			if err := r.peerIO("flush", 0, r.b().data.Flush); err != nil && !r.detached.Load() {
 				r.log.Error("flush for the peer's barrier failed", "err", err)
 				s.fail(fmt.Errorf("barrier: flush: %w", err))
 				return
@@ -891,6 +928,31 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 			}
 		})
 		return false, nil
+	case *ReadRequestMsg:
+		if err := r.checkPeerRange(m.Offset, m.Length); err != nil {
+			return false, err
+		}
+		seq := fseq // pairs the reply with the request (readPeer)
+		off, length = m.Offset, m.Length
+		var data []byte
+		work = func() error {
+			buf := make([]byte, m.Length)
+			if err := r.peerIO("read", m.Offset, func() error { return r.b().local.ReadAt(buf, m.Offset) }); err != nil {
+				return err
+			}
+			data = buf
+			r.readBytes.Add(m.Length)
+			return nil
+		}
+		ack = func(err error) {
+			reply := &ReadReplyMsg{Payload: data}
+			if err != nil {
+				reply = &ReadReplyMsg{Errno: errnoOf(err)}
+			}
+			s.writeDataSeq(seq, reply) // a failure kills the session
+		}
+	case *ReadReplyMsg:
+		return true, s.readReply(fseq, m)
 	case *ResizeMsg, *SyncStartMsg:
 		off, length = 0, math.MaxInt64    // after every earlier message, before every later one
 		work, ack = s.resizeWork(fseq, m) // resize.go
@@ -916,7 +978,7 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		case <-granted:
 			err := work()
 			unlock()
-			if err != nil {
+			if err != nil && !errors.Is(err, errDiskless) {
 				r.log.Error("applying peer data failed", "type", m.Type(), "off", off, "err", err)
 			}
 			ack(err)
@@ -939,7 +1001,7 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		<-granted
 		err := work()
 		unlock()
-		if err != nil {
+		if err != nil && !errors.Is(err, errDiskless) {
 			r.log.Error("applying peer data failed", "type", m.Type(), "off", off, "err", err)
 		}
 		if !s.isDead() {
@@ -968,14 +1030,20 @@ func errnoOf(err error) uint32 {
 // complete: everything before it in the stream is applied (the whole-device
 // range lock), so flush, adopt the source's generation, and be UpToDate.
 func (r *Resource) finishSyncTarget(m *StateMsg) error {
-	if err := r.data.Flush(); err != nil {
+	if r.detached.Load() {
+		return nil // the disk failed during the resync: stays Diskless
+	}
+	if err := r.peerIO("flush", 0, r.b().data.Flush); err != nil {
+		if r.detached.Load() {
+			return nil // detached by this very error: Diskless now, the link stays
+		}
 		return err
 	}
 	r.bm.ClearAll()
-	if err := r.meta.WriteBitmap(r.bm); err != nil {
+	if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 		return err
 	}
-	if err := r.meta.Update(func(sb *bitmap.Superblock) {
+	if err := r.b().meta.Update(func(sb *bitmap.Superblock) {
 		sb.Current, sb.Bitmap, sb.History = m.Current, 0, m.History
 		sb.Flags |= bitmap.FlagConsistent | bitmap.FlagWasUpToDate
 		sb.Flags &^= bitmap.FlagOutdated | bitmap.FlagCrashedPrimary | bitmap.FlagFullSyncNeeded
@@ -987,6 +1055,7 @@ func (r *Resource) finishSyncTarget(m *StateMsg) error {
 	r.link.repl = ReplEstablished
 	r.link.peerDisk = DiskUpToDate
 	r.mu.Unlock()
+	r.partial.Store(false)
 	r.log.Info("resync finished: UpToDate", "peer", r.peer.Name)
 	r.runHandler("after-resync-target", r.res.Handlers.AfterResyncTarget)
 	return nil
@@ -1010,7 +1079,9 @@ func (s *session) teardown() {
 	s.barriers = map[uint64]chan bool{}
 	s.mu.Unlock()
 	for _, p := range pend {
-		r.bm.SetRange(p.off, p.length)
+		if !p.read {
+			r.bm.SetRange(p.off, p.length)
+		}
 	}
 	for _, u := range unflushed {
 		r.bm.SetRange(u.off, u.length)
@@ -1029,6 +1100,11 @@ func (s *session) teardown() {
 	// No r.mu until the waiting writes are answered: a demotion holding
 	// r.mu may be draining exactly those writes.
 	switch {
+	case r.detached.Load():
+		// Diskless: every write it answered is on the peer, which keeps
+		// the only copy; no new generation, nobody to fence (disk.go).
+		r.fo.fencing.Store(false)
+		r.wakeIO()
 	case r.writable.Load() && r.fenceRequired():
 		r.startFencing(false, false)
 	case r.writable.Load():
@@ -1037,7 +1113,7 @@ func (s *session) teardown() {
 		r.fo.fencing.Store(false)
 		r.wakeIO()
 	}
-	if r.writable.Load() && r.res.Net.Fencing == "resource-only" && r.res.Handlers.FencePeer != "" {
+	if r.writable.Load() && !r.detached.Load() && r.res.Net.Fencing == "resource-only" && r.res.Handlers.FencePeer != "" {
 		r.runHandler("fence-peer", r.res.Handlers.FencePeer)
 		r.fo.needUnfence.Store(true) // whatever it placed goes once the peer is back
 	}

@@ -47,6 +47,9 @@ type DeviceStatus struct {
 	BMWrites     int64  `json:"bm-writes"`
 	UpperPending int64  `json:"upper-pending"`
 	LowerPending int64  `json:"lower-pending"`
+	// DiskReason is twinbd's addition: why the disk is Diskless (the
+	// failed I/O, or the operator's detach), "" otherwise.
+	DiskReason string `json:"disk-reason,omitempty"`
 }
 
 // ConnectionStatus is the connection to one peer.
@@ -87,7 +90,7 @@ type PeerDeviceStatus struct {
 // Status returns the current status.
 func (r *Resource) Status() Status {
 	r.mu.Lock()
-	role, disk := r.role, r.disk
+	role, disk, diskReason := r.role, r.disk, r.diskReason
 	export := ""
 	if r.ln != nil {
 		export = r.ln.Addr().String()
@@ -101,7 +104,7 @@ func (r *Resource) Status() Status {
 		Devices: []DeviceStatus{{
 			DiskState: disk.String(), Quorum: r.haveQuorum(), Size: r.size.Load() / 1024,
 			Read: r.readBytes.Load() / 1024, Written: r.writtenBytes.Load() / 1024,
-			UpperPending: pending, LowerPending: pending,
+			UpperPending: pending, LowerPending: pending, DiskReason: diskReason,
 		}},
 		Connections: []ConnectionStatus{},
 	}
@@ -113,9 +116,9 @@ func (r *Resource) Status() Status {
 		st.WitnessOutdated = r.fo.outdatedHere.Load()
 	}
 	st.MayPromote, st.PromotionScore = r.Promotion()
-	st.Devices[0].BMWrites = r.meta.BitmapWrites()
-	if r.al != nil {
-		st.Devices[0].ALWrites = r.al.Stats()
+	st.Devices[0].BMWrites = r.b().meta.BitmapWrites()
+	if r.b().al != nil {
+		st.Devices[0].ALWrites = r.b().al.Stats()
 	}
 	for _, p := range r.peers {
 		st.Connections = append(st.Connections, r.connStatus(p))
@@ -192,6 +195,9 @@ func (s Status) WriteText(w io.Writer, verbose bool) {
 	b.WriteString("\n")
 	for _, d := range s.Devices {
 		fmt.Fprintf(&b, "  disk:%s", d.DiskState)
+		if d.DiskReason != "" {
+			fmt.Fprintf(&b, " (%s)", d.DiskReason)
+		}
 		if !d.Quorum && !verbose {
 			b.WriteString(" quorum:no")
 		}

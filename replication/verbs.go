@@ -51,10 +51,10 @@ func (r *Resource) Invalidate() error {
 	}
 	r.mu.Unlock()
 	r.bm.SetAll()
-	if err := r.meta.WriteBitmap(r.bm); err != nil {
+	if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 		return fmt.Errorf("replication: %s: write bitmap: %w", r.res.Name, err)
 	}
-	if err := r.meta.Update(func(sb *bitmap.Superblock) {
+	if err := r.b().meta.Update(func(sb *bitmap.Superblock) {
 		sb.Flags &^= bitmap.FlagConsistent | bitmap.FlagWasUpToDate
 	}); err != nil {
 		return fmt.Errorf("replication: %s: write metadata: %w", r.res.Name, err)
@@ -87,10 +87,10 @@ func (r *Resource) InvalidateRemote() error {
 	}
 	r.mu.Unlock()
 	r.bm.SetAll()
-	if err := r.meta.WriteBitmap(r.bm); err != nil {
+	if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 		return fmt.Errorf("replication: %s: write bitmap: %w", r.res.Name, err)
 	}
-	if err := r.meta.Update(func(sb *bitmap.Superblock) {
+	if err := r.b().meta.Update(func(sb *bitmap.Superblock) {
 		g := NewCurrentUUID(Generation{Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History}, randomUUID())
 		sb.Current, sb.Bitmap, sb.History = g.Current, g.Bitmap, g.History
 	}); err != nil {
@@ -127,7 +127,7 @@ func (r *Resource) Outdate() error {
 		return fmt.Errorf("%w: refusing to be Outdated while Connected to %s: run `twinbd disconnect %s` first", ErrInUse, r.peer.Name, r.res.Name)
 	}
 	r.mu.Unlock()
-	if err := r.meta.Update(func(sb *bitmap.Superblock) { sb.Flags |= bitmap.FlagOutdated }); err != nil {
+	if err := r.b().meta.Update(func(sb *bitmap.Superblock) { sb.Flags |= bitmap.FlagOutdated }); err != nil {
 		return fmt.Errorf("replication: %s: write metadata: %w", r.res.Name, err)
 	}
 	r.setDisk(DiskOutdated)
@@ -189,7 +189,7 @@ func (r *Resource) Verify() (VerifyResult, error) {
 		}
 		unlock := r.lock.Lock(off, length)
 		buf := make([]byte, length)
-		if err := r.local.ReadAt(buf, off); err != nil {
+		if err := r.b().local.ReadAt(buf, off); err != nil {
 			unlock()
 			return res, fmt.Errorf("replication: verify: read at %d: %w", off, err)
 		}
@@ -230,7 +230,7 @@ func (r *Resource) Verify() (VerifyResult, error) {
 	}
 	res = VerifyResult{Checked: checked, OutOfSync: oos, Took: time.Since(start)}
 	if oos > 0 {
-		if err := r.meta.WriteBitmap(r.bm); err != nil {
+		if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 			return res, fmt.Errorf("replication: verify: write bitmap: %w", err)
 		}
 		r.log.Warn("online verify found out-of-sync blocks", "bytes", oos)

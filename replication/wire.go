@@ -117,6 +117,8 @@ const (
 	MsgPingAck
 	MsgOutdatePeer
 	MsgDisconnect
+	MsgReadRequest
+	MsgReadReply
 	MsgResize      // wire_resize.go
 	MsgResizeReply // wire_resize.go
 	MsgSyncStart   // wire_resize.go
@@ -144,6 +146,8 @@ var msgNames = [...]string{
 	MsgPingAck:         "PingAck",
 	MsgOutdatePeer:     "OutdatePeer",
 	MsgDisconnect:      "Disconnect",
+	MsgReadRequest:     "ReadRequest",
+	MsgReadReply:       "ReadReply",
 	MsgResize:          "Resize",
 	MsgResizeReply:     "ResizeReply",
 	MsgSyncStart:       "SyncStart",
@@ -199,6 +203,8 @@ var maxPayloadFor = [...]uint32{
 	MsgPingAck:         0,
 	MsgOutdatePeer:     0,
 	MsgDisconnect:      disconnectFix + MaxStringLen,
+	MsgReadRequest:     rangeSize,
+	MsgReadReply:       4 + MaxDataSize,
 	MsgResize:          resizeSize,
 	MsgResizeReply:     resizeReplyFixed + MaxStringLen,
 	MsgSyncStart:       rangeSize,
@@ -372,6 +378,10 @@ func NewMessage(t MsgType) (Message, error) {
 		return new(OutdatePeerMsg), nil
 	case MsgDisconnect:
 		return new(DisconnectMsg), nil
+	case MsgReadRequest:
+		return new(ReadRequestMsg), nil
+	case MsgReadReply:
+		return new(ReadReplyMsg), nil
 	case MsgResize:
 		return new(ResizeMsg), nil
 	case MsgResizeReply:
@@ -627,7 +637,11 @@ const (
 	// StateHandover: the sender demoted because its start list failed
 	// and asks the peer to take over (auto-failover).
 	StateHandover
-	stateKnownFlags = StateCrashedPrimary | StateDiscardMyData | StateResyncDone | StateHandover
+	// StateAttached: the sender attached a new disk (Inconsistent, every
+	// block out of sync) while connected; an UpToDate receiver becomes its
+	// sync source for the whole device.
+	StateAttached
+	stateKnownFlags = StateCrashedPrimary | StateDiscardMyData | StateResyncDone | StateHandover | StateAttached
 )
 
 // StateMsg carries a node's role, disk state and generation UUIDs.
@@ -1266,4 +1280,56 @@ func isZero(p []byte) bool {
 		}
 	}
 	return true
+}
+
+// ReadRequestMsg asks the peer for a range of its data (a Diskless node
+// serving a read through its UpToDate peer); the frame's Seq pairs it with
+// the ReadReplyMsg.
+type ReadRequestMsg struct{ Offset, Length int64 }
+
+func (*ReadRequestMsg) Type() MsgType { return MsgReadRequest }
+
+func (m *ReadRequestMsg) AppendBinary(b []byte) ([]byte, error) {
+	if m.Length > MaxDataSize {
+		return b, malformed(MsgReadRequest, "%d bytes", m.Length)
+	}
+	return rangeAppend(MsgReadRequest, b, m.Offset, m.Length)
+}
+
+func (m *ReadRequestMsg) UnmarshalBinary(p []byte) error {
+	d := dec{b: p, ok: true}
+	off, length := int64(d.u64()), int64(d.u64())
+	if !d.done() || !validRange(off, length) || length > MaxDataSize {
+		return malformed(MsgReadRequest, "%d bytes, range %d+%d", len(p), off, length)
+	}
+	m.Offset, m.Length = off, length
+	return nil
+}
+
+// ReadReplyMsg answers a ReadRequestMsg (same frame Seq): the data, or an
+// errno (then no data).
+type ReadReplyMsg struct {
+	Errno   uint32
+	Payload []byte
+}
+
+func (*ReadReplyMsg) Type() MsgType { return MsgReadReply }
+
+func (m *ReadReplyMsg) AppendBinary(b []byte) ([]byte, error) {
+	if len(m.Payload) > MaxDataSize || (m.Errno != 0 && len(m.Payload) > 0) {
+		return b, malformed(MsgReadReply, "errno %d with %d bytes", m.Errno, len(m.Payload))
+	}
+	b = binary.BigEndian.AppendUint32(b, m.Errno)
+	return append(b, m.Payload...), nil
+}
+
+func (m *ReadReplyMsg) UnmarshalBinary(p []byte) error {
+	d := dec{b: p, ok: true}
+	errno := d.u32()
+	rest := d.rest()
+	if !d.ok || len(rest) > MaxDataSize || (errno != 0 && len(rest) > 0) {
+		return malformed(MsgReadReply, "%d bytes", len(p))
+	}
+	m.Errno, m.Payload = errno, rest
+	return nil
 }

@@ -51,6 +51,9 @@ func wireSamples() []Message {
 		&PingAckMsg{},
 		&OutdatePeerMsg{},
 		&DisconnectMsg{Reason: "operator said so ✓"},
+		&ReadRequestMsg{Offset: 8192, Length: 65536},
+		&ReadReplyMsg{Payload: []byte("peer data")},
+		&ReadReplyMsg{Errno: 5, Payload: []byte{}},
 		&ResizeMsg{Size: 1 << 40, MarkOff: 1 << 30, MarkLen: 1 << 20, Flags: ResizeAssumeClean},
 		&ResizeMsg{Flags: ResizeProbe},
 		&ResizeReplyMsg{Size: 64 << 20, Capacity: 1 << 40, MDOffset: 67 << 20, MDEnd: 68 << 20, Reason: "metadata device too small"},
@@ -352,6 +355,10 @@ func TestWireMalformedPayloads(t *testing.T) {
 		{"disconnect empty", MsgDisconnect, nil},
 		{"disconnect length past end", MsgDisconnect, []byte{0, 5, 'a'}},
 		{"disconnect too long", MsgDisconnect, append([]byte{0xff, 0xff}, make([]byte, 0xffff)...)},
+		{"read request short", MsgReadRequest, make([]byte, 15)},
+		{"read request too large", MsgReadRequest, binary.BigEndian.AppendUint64(make([]byte, 8), MaxDataSize+1)},
+		{"read reply short", MsgReadReply, []byte{0, 0, 5}},
+		{"read reply errno with data", MsgReadReply, []byte{0, 0, 0, 5, 'x'}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -385,6 +392,9 @@ func TestWireMalformedPayloads(t *testing.T) {
 		&AuthMsg{Response: make([]byte, 48)},
 		&AuthMsg{Response: make([]byte, 65)},
 		&DisconnectMsg{Reason: "\xff"},
+		&ReadRequestMsg{Offset: -1, Length: 1},
+		&ReadRequestMsg{Length: MaxDataSize + 1},
+		&ReadReplyMsg{Errno: 5, Payload: []byte("x")},
 	}
 	for _, m := range bad {
 		_, err := EncodeMessage(0, m)

@@ -2,7 +2,7 @@
 # Build the assets of the VM end-to-end tests (e2e/): Debian's kernel
 # (linux-image-amd64, which ships nbd.ko as a module) and a busybox
 # initramfs with Debian's nbd-client, mke2fs/e2fsck and the kernel modules
-# the guest needs (virtio-net, nbd, ext4 and their dependencies).
+# the guest needs (virtio-net, virtio-blk, nbd, ext4 and their dependencies).
 #
 # Packages come from the configured Debian mirror with `apt-get download`
 # and are unpacked with dpkg-deb -x; nothing is installed on the host. The
@@ -149,8 +149,9 @@ addmod() {
   order+=("$n")
 }
 # crc32c_generic: ext4/jbd2's soft dependency (crypto-crc32c); TCG's CPU
-# has no SSE4.2 for crc32c-intel.
-for m in crc32c_generic virtio_pci virtio_net e1000 nbd ext4; do addmod "$m"; done
+# has no SSE4.2 for crc32c-intel. virtio_blk: the guest's own disk (/dev/vda)
+# when twinbd runs in the guest as a node.
+for m in crc32c_generic virtio_pci virtio_net virtio_blk e1000 nbd ext4; do addmod "$m"; done
 printf '%s\n' "${order[@]}" >"$r/lib/modules/order"
 
 cat >"$r/init" <<'INIT'

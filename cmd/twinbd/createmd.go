@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -30,8 +31,11 @@ func newCreateMDCmd(g *globalOpts) *cobra.Command {
 			// Never write metadata under a running resource.
 			ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
 			defer cancel()
-			if resp, err := daemon.Call(ctx, daemon.SocketPath(g.runDir, g.node), daemon.Request{Verb: "role", Resource: res.Name}); err == nil && resp.Code == daemon.CodeOK {
-				return fmt.Errorf("%s is up on node %s: run `twinbd down %s` first", res.Name, g.node, res.Name)
+			// A Diskless one has no disk open: its replacement gets
+			// metadata here, then `attach`.
+			if resp, err := daemon.Call(ctx, daemon.SocketPath(g.runDir, g.node), daemon.Request{Verb: "dstate", Resource: res.Name}); err == nil && resp.Code == daemon.CodeOK &&
+				!strings.HasPrefix(resp.Output, "Diskless") {
+				return fmt.Errorf("%s is up on node %s with its disk attached: run `twinbd down %s` first (or, to replace a failed disk, `twinbd detach %s`)", res.Name, g.node, res.Name, res.Name)
 			}
 			lay, err := replication.CreateMetadata(res, g.node, force)
 			if err != nil {

@@ -16,6 +16,7 @@ type daemonOpts struct {
 	up       []string
 	logLevel string
 	metrics  string
+	faults   bool
 }
 
 func newDaemonCmd(g *globalOpts) *cobra.Command {
@@ -37,12 +38,15 @@ SIGINT brings every resource down cleanly: demote, drain, flush.`,
 			defer stop()
 			return daemon.New(daemon.Options{
 				ConfigPath: g.config, Node: g.node, RunDir: g.runDir, Logger: log, Up: o.up, Metrics: o.metrics,
+				FaultInjection: o.faults,
 			}).Run(ctx)
 		},
 	}
 	cmd.Flags().StringSliceVar(&o.up, "up", nil, "resources to bring up at start (or all)")
 	cmd.Flags().StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.Flags().StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9942)")
+	cmd.Flags().BoolVar(&o.faults, "fault-injection", false, "let `twinbd debug disk-fault` fail the backing disks (tests only)")
+	cmd.Flags().MarkHidden("fault-injection")
 	return cmd
 }
 

@@ -361,6 +361,13 @@ func TestDemoScript(t *testing.T) {
 	cmd.Env = append(os.Environ(), "BIN="+twinbdBin, "DEMO_EXIT=1", "DEMO_DIR="+dir, "DEMO_SIZE=64M",
 		fmt.Sprintf("DEMO_PORT=%d", freePort(t)), fmt.Sprintf("DEMO_REPL_PORT=%d", freePort(t)))
 	out, err := cmd.CombinedOutput()
+	if err != nil {
+		// The daemons' logs say why (the run dir goes with the test).
+		for _, f := range []string{"alpha.log", "beta.log", "witness.log"} {
+			b, _ := os.ReadFile(filepath.Join(dir, f))
+			t.Logf("%s:\n%s", f, tailLines(string(b), 80))
+		}
+	}
 	require.NoError(t, err, "%s", out)
 	s := string(out)
 	require.Contains(t, s, "r0 role:Primary")
@@ -403,4 +410,13 @@ func TestDaemonUpAtStart(t *testing.T) {
 	require.NoError(t, d.Start())
 	t.Cleanup(func() { d.Process.Signal(syscall.SIGTERM); d.Wait() })
 	require.Eventually(t, func() bool { return c.run("solo", "role", "r0").out == "Secondary\n" }, 10*time.Second, 20*time.Millisecond)
+}
+
+// tailLines is the last n lines of s.
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

@@ -48,6 +48,8 @@ type pair struct {
 	// netExtra goes into `net { }`, resExtra at resource level (witness,
 	// options, promoter); set them before writeConf.
 	netExtra, resExtra string
+	// daemonArgs are extra `twinbd daemon` flags (e.g. --fault-injection).
+	daemonArgs []string
 }
 
 var pairNodes = []string{"alpha", "beta"}
@@ -109,7 +111,7 @@ func (p *pair) ok(node string, args ...string) string {
 // control socket.
 func (p *pair) start(node string) {
 	p.t.Helper()
-	cmd := exec.Command(twinbdBin, p.args(node, "daemon", "--log-level", "debug")...)
+	cmd := exec.Command(twinbdBin, p.args(node, append([]string{"daemon", "--log-level", "debug"}, p.daemonArgs...)...)...)
 	logf, err := os.OpenFile(filepath.Join(p.dir, node+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	require.NoError(p.t, err)
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -37,6 +38,9 @@ func newVerbCmds(g *globalOpts) []*cobra.Command {
 		newVerbCmd(g, "disconnect", "Close the peer link and stay StandAlone until connect", ""),
 		newVerbCmd(g, "invalidate", "Discard this node's data: a full sync from the peer follows", ""),
 		newVerbCmd(g, "invalidate-remote", "Overwrite the peer's data with this node's: a full sync to the peer follows", ""),
+		newVerbCmd(g, "attach", "Attach a replaced disk (after create-md) to a Diskless node: it resyncs from the peer", ""),
+		newVerbCmd(g, "detach", "Take the local disk out of service (Diskless): I/O goes through the UpToDate peer", "detach a Primary whose peer is not Connected and UpToDate (its I/O then fails or suspends per on-no-data-accessible)"),
+		newDebugCmd(g),
 		newVerbCmd(g, "outdate", "Mark this node's data Outdated (no promotion without --force)", ""),
 		newVerbCmd(g, "resume-io", "Declare the lost peer fenced: writes frozen for fencing go on (not for lost quorum)", ""),
 		newVerbCmd(g, "verify", "Compare every block with the peer (online verify); prints checked and out-of-sync KiB", ""),
@@ -112,4 +116,36 @@ func newStatusCmd(g *globalOpts) *cobra.Command {
 	cmd.Flags().BoolVarP(&o.verbose, "verbose", "v", false, "add node-ids and states")
 	cmd.Flags().BoolVarP(&o.statistics, "statistics", "s", false, "add I/O statistics (KiB)")
 	return cmd
+}
+
+// newDebugCmd is `debug disk-fault`: fault injection into a daemon started
+// with --fault-injection (tests, the chaos harness). Hidden.
+func newDebugCmd(g *globalOpts) *cobra.Command {
+	debug := &cobra.Command{Use: "debug", Short: "Fault injection for tests", Hidden: true}
+	var off, length int64
+	fault := &cobra.Command{
+		Use:   "disk-fault RESOURCE none|read-error|write-error|rw-error|power-fail",
+		Short: "Make the backing disk fail I/O (or lose power) in a daemon started with --fault-injection",
+		Long: `Make the resource's backing disk fail reads, writes or both with EIO, on the
+whole disk or on --offset/--length (bytes, from the start of the backing
+device), or heal it (none). power-fail reverts every write the disk had not
+flushed and ends the daemon at once, like a node losing power.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, err := call(cmd, g, daemon.Request{Verb: "disk-fault", Resource: args[0], Fault: args[1], FaultOffset: off, FaultLength: length})
+			if args[1] == "power-fail" {
+				var ee *exitError
+				if errors.As(err, &ee) && ee.code == 20 {
+					// The daemon exited before answering: that is the point.
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: power failure simulated; the daemon has exited\n", args[0])
+					return nil
+				}
+			}
+			return err
+		},
+	}
+	fault.Flags().Int64Var(&off, "offset", 0, "first byte of the failing range")
+	fault.Flags().Int64Var(&length, "length", 0, "bytes in the failing range (0: the whole disk)")
+	debug.AddCommand(fault)
+	return debug
 }
