@@ -124,11 +124,14 @@ type alExtent struct {
 
 // ActivityLog is the open activity log of a metadata area.
 type ActivityLog struct {
-	md         device.Device
+	md device.Device
+	// lay changes only when Meta.Grow moves the metadata, with txMu held
+	// (which writeTransaction holds when it reads lay); Begin reads the
+	// data size from dataSize.
 	lay        Layout
+	dataSize   atomic.Int64
 	extentSize int64
 	shift      uint
-	numExtents int64 // extents covering the data area
 	maxExtents int
 	slots      int64
 	onEvict    func(int64) error
@@ -187,12 +190,12 @@ func OpenActivityLog(md device.Device, lay Layout, extentSize int64, maxExtents 
 		lay:        lay,
 		extentSize: extentSize,
 		shift:      uint(bits.TrailingZeros64(uint64(extentSize))),
-		numExtents: num,
 		maxExtents: maxExtents,
 		slots:      lay.ALSize / BlockSize,
 		active:     make(map[int64]*alExtent),
 		want:       make(map[int64]int),
 	}
+	a.dataSize.Store(lay.DataSize)
 	if len(opts) == 1 {
 		a.onEvict = opts[0].OnEvict
 	}
@@ -362,7 +365,7 @@ func (a *ActivityLog) Stats() (transactions int64) {
 // extents than the active set holds; an I/O or OnEvict error is returned
 // wrapped and the write must not be issued.
 func (a *ActivityLog) Begin(off, length int64) (release func(), err error) {
-	if err := device.CheckRange(a.lay.DataSize, off, length); err != nil {
+	if err := device.CheckRange(a.dataSize.Load(), off, length); err != nil {
 		return nil, fmt.Errorf("bitmap: activity log: %w: %v", ErrInvalid, err)
 	}
 	if length == 0 {

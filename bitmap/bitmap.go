@@ -11,15 +11,15 @@ import (
 // [i*granularity, (i+1)*granularity) may differ from the peer's. At the
 // default 4 KiB granularity it takes 32 KiB per GiB of data. It is safe for
 // concurrent use; each method holds an internal mutex for its whole (short,
-// I/O-free) run.
+// I/O-free) run. The data size only grows (Grow, by an online resize).
 type Bitmap struct {
-	dataSize    int64 // immutable
 	granularity int64 // immutable, a power of two
-	shift       uint  // log2(granularity)
-	nbits       int64 // immutable
+	shift       uint  // log2(granularity), immutable
 
-	mu    sync.Mutex // guards words
-	words []uint64   // bit i is words[i/64] & (1 << (i%64)); bits >= nbits stay 0
+	mu       sync.Mutex // guards the fields below
+	dataSize int64
+	nbits    int64
+	words    []uint64 // bit i is words[i/64] & (1 << (i%64)); bits >= nbits stay 0
 }
 
 // New returns an all-clear bitmap for dataSize bytes at granularity bytes
@@ -44,16 +44,24 @@ func New(dataSize, granularity int64) (*Bitmap, error) {
 }
 
 // DataSize is the number of data bytes the bitmap covers.
-func (b *Bitmap) DataSize() int64 { return b.dataSize }
+func (b *Bitmap) DataSize() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.dataSize
+}
 
 // Granularity is the number of data bytes per bit.
 func (b *Bitmap) Granularity() int64 { return b.granularity }
 
 // Len is the number of bits.
-func (b *Bitmap) Len() int64 { return b.nbits }
+func (b *Bitmap) Len() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.nbits
+}
 
 // clamp cuts [off, off+length) to the data area without overflowing; ok
-// is false if nothing is left.
+// is false if nothing is left. b.mu held.
 func (b *Bitmap) clamp(off, length int64) (start, end int64, ok bool) {
 	if length <= 0 || off >= b.dataSize {
 		return 0, 0, false
@@ -75,12 +83,12 @@ func (b *Bitmap) clamp(off, length int64) (start, end int64, ok bool) {
 // SetRange marks every block touched by [off, off+length) dirty. The parts of
 // the range outside the data area are ignored.
 func (b *Bitmap) SetRange(off, length int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	start, end, ok := b.clamp(off, length)
 	if !ok {
 		return
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.setBits(start>>b.shift, (end-1)>>b.shift+1)
 }
 
@@ -90,6 +98,8 @@ func (b *Bitmap) SetRange(off, length int64) {
 // (invariant 4). The last block, if the data size is not a multiple of the
 // granularity, counts as whole when the range reaches the end of the data.
 func (b *Bitmap) ClearRange(off, length int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	start, end, ok := b.clamp(off, length)
 	if !ok {
 		return
@@ -102,8 +112,6 @@ func (b *Bitmap) ClearRange(off, length int64) {
 	if first >= last {
 		return
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.clearBits(first, last)
 }
 
@@ -152,19 +160,25 @@ func (b *Bitmap) ClearAll() {
 // Test reports whether the block holding data offset off is dirty; false
 // outside the data area.
 func (b *Bitmap) Test(off int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if off < 0 || off >= b.dataSize {
 		return false
 	}
-	return b.TestBit(off >> b.shift)
+	return b.testLocked(off >> b.shift)
 }
 
 // TestBit reports whether bit i is set; false outside [0, Len()).
 func (b *Bitmap) TestBit(i int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.testLocked(i)
+}
+
+func (b *Bitmap) testLocked(i int64) bool {
 	if i < 0 || i >= b.nbits {
 		return false
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	return b.words[i/64]&(1<<uint(i%64)) != 0
 }
 
@@ -172,6 +186,10 @@ func (b *Bitmap) TestBit(i int64) bool {
 func (b *Bitmap) Count() int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.countLocked()
+}
+
+func (b *Bitmap) countLocked() int64 {
 	var n int64
 	for _, w := range b.words {
 		n += int64(bits.OnesCount64(w))
@@ -182,8 +200,10 @@ func (b *Bitmap) Count() int64 {
 // Bytes is the number of data bytes the set bits cover; the last block, if
 // partial, counts for its real size.
 func (b *Bitmap) Bytes() int64 {
-	n := b.Count() * b.granularity
-	if b.TestBit(b.nbits - 1) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := b.countLocked() * b.granularity
+	if b.testLocked(b.nbits - 1) {
 		n -= b.nbits*b.granularity - b.dataSize
 	}
 	return n
@@ -194,11 +214,11 @@ func (b *Bitmap) NextSet(fromBit int64) (int64, bool) {
 	if fromBit < 0 {
 		fromBit = 0
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if fromBit >= b.nbits {
 		return 0, false
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	w := fromBit / 64
 	cur := b.words[w] &^ (1<<uint(fromBit%64) - 1)
 	for {
@@ -216,18 +236,18 @@ func (b *Bitmap) NextSet(fromBit int64) (int64, bool) {
 // Or sets every bit set in other (as when both nodes' bitmaps are merged on
 // connect). ErrInvalid unless both cover the same size at the same granularity.
 func (b *Bitmap) Or(other *Bitmap) error {
-	if other.dataSize != b.dataSize || other.granularity != b.granularity {
-		return fmt.Errorf("%w: or of a bitmap for %d bytes at %d into one for %d at %d",
-			ErrInvalid, other.dataSize, other.granularity, b.dataSize, b.granularity)
-	}
 	if other == b {
 		return nil
 	}
 	// Copy first so the two locks are never held together (no lock order).
-	src := other.words64()
+	src := other.Clone()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for i, w := range src {
+	if src.dataSize != b.dataSize || src.granularity != b.granularity {
+		return fmt.Errorf("%w: or of a bitmap for %d bytes at %d into one for %d at %d",
+			ErrInvalid, src.dataSize, src.granularity, b.dataSize, b.granularity)
+	}
+	for i, w := range src.words {
 		b.words[i] |= w
 	}
 	return nil
@@ -241,13 +261,34 @@ func (b *Bitmap) words64() []uint64 {
 
 // Clone returns an independent copy.
 func (b *Bitmap) Clone() *Bitmap {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	return &Bitmap{
 		dataSize:    b.dataSize,
 		granularity: b.granularity,
 		shift:       b.shift,
 		nbits:       b.nbits,
-		words:       b.words64(),
+		words:       append([]uint64(nil), b.words...),
 	}
+}
+
+// Grow extends the bitmap to cover dataSize bytes; the new bits are clear.
+// ErrInvalid for a smaller size (a bitmap never shrinks: the bits of the
+// blocks past the new end would be lost).
+func (b *Bitmap) Grow(dataSize int64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if dataSize < b.dataSize {
+		return fmt.Errorf("%w: grow a bitmap for %d bytes to %d", ErrInvalid, b.dataSize, dataSize)
+	}
+	// Bits from nbits up in the last word are clear (the invariant), so
+	// they become the clear bits of the blocks the growth adds.
+	b.dataSize = dataSize
+	b.nbits = bitmapBits(dataSize, b.granularity)
+	if n := (b.nbits + 63) / 64; n > int64(len(b.words)) {
+		b.words = append(b.words, make([]uint64, n-int64(len(b.words)))...)
+	}
+	return nil
 }
 
 // MarshalBinary encodes the bitmap as its 64-bit words, little-endian, bit i
@@ -268,6 +309,8 @@ func (b *Bitmap) MarshalBinary() ([]byte, error) {
 // ErrCorrupt, leaving b unchanged, if data is too short, a bit beyond Len()
 // is set or the padding is not zero.
 func (b *Bitmap) UnmarshalBinary(data []byte) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	need := len(b.words) * 8
 	if len(data) < need {
 		return fmt.Errorf("%w: bitmap of %d bytes, want at least %d", ErrCorrupt, len(data), need)
@@ -284,8 +327,6 @@ func (b *Bitmap) UnmarshalBinary(data []byte) error {
 			return fmt.Errorf("%w: bitmap padding byte %d is not zero", ErrCorrupt, need+i)
 		}
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.words = words
 	return nil
 }
@@ -315,12 +356,12 @@ func (b *Bitmap) OrWords(at int64, words []uint64) error {
 
 // CountRange is the number of set bits among those covering [off, off+length).
 func (b *Bitmap) CountRange(off, length int64) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	start, end, ok := b.clamp(off, length)
 	if !ok {
 		return 0
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	var n int64
 	for i := start >> b.shift; i <= (end-1)>>b.shift; i++ {
 		if b.words[i/64]&(1<<uint(i%64)) != 0 {

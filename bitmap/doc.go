@@ -7,7 +7,10 @@
 //
 // All parts are multiples of 4 KiB (BlockSize). Internal metadata ends the
 // backing device, its size rounded down to 4 KiB, with the two superblock
-// slots last, so it is found from the device size alone:
+// slots last, so it is found from the device size alone (Locate). The data
+// area is the largest that fits, or, after an online resize to an agreed
+// size below that, the superblock's data size, with slack up to the
+// metadata:
 //
 //	backing device (internal)
 //	0                       DataSize   MDOffset                                  end
@@ -55,6 +58,12 @@
 // The magic, the version and the checksum keep their places in every format
 // version, so an older build reports a newer format (ErrVersion) and never
 // mistakes it for corruption.
+//
+// Growing (resize.go): Grow moves internal metadata to the new end of a
+// grown device, leaving a forwarding block (magic "TWINBDFW") in a slot
+// there until the new superblock is durable, so that Locate finds the old
+// metadata after a crash in between; external metadata grows its bitmap in
+// place. resize.go has the write order and the crash-safety argument.
 //
 // # Invariants
 //

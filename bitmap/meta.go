@@ -12,7 +12,9 @@ import (
 
 // Meta is an open metadata area. It is safe for concurrent use.
 type Meta struct {
-	md  device.Device
+	md device.Device
+	// lay changes only in Grow, with updateMu, bitmapMu and mu all held,
+	// so holding any one of them is enough to read it.
 	lay Layout
 
 	// updateMu serializes Update: it guards the choice of the slot to write
@@ -170,7 +172,7 @@ func Open(md device.Device, lay Layout) (*Meta, error) {
 // matchLayout reports ErrWrongSize unless sb describes lay.
 func matchLayout(sb Superblock, lay Layout) error {
 	if sb.DataSize != lay.DataSize {
-		return fmt.Errorf("%w: metadata is for a device of %d bytes but the backing device now gives %d; resize or run create-md (with --force to overwrite)",
+		return fmt.Errorf("%w: metadata is for a device of %d bytes but the backing device now gives %d; restore the device's size (twinbd grows a device online with `twinbd resize`, it never shrinks one), or run create-md (with --force to overwrite)",
 			ErrWrongSize, sb.DataSize, lay.DataSize)
 	}
 	if sb.MDOffset != lay.MDOffset || sb.MDSize != lay.MDSize ||
@@ -189,8 +191,13 @@ func (m *Meta) Superblock() Superblock {
 	return m.sb
 }
 
-// Layout returns the layout the metadata was opened or created with.
-func (m *Meta) Layout() Layout { return m.lay }
+// Layout returns the current layout: the one the metadata was opened or
+// created with, or the last Grow's.
+func (m *Meta) Layout() Layout {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lay
+}
 
 // Update applies fn to a copy of the superblock and writes it crash-atomically:
 // Seq+1, written to the slot not holding the current superblock, then
@@ -264,19 +271,21 @@ func (m *Meta) Check(resource string, nodeID int, dataSize int64) error {
 // ReadBitmap reads and decodes the on-disk bitmap area. ErrCorrupt if bits
 // beyond the data size or the area's padding are set.
 func (m *Meta) ReadBitmap() (*Bitmap, error) {
-	b, err := New(m.lay.DataSize, m.lay.Granularity)
+	m.bitmapMu.Lock() // never read half of a concurrent WriteBitmap
+	lay := m.lay
+	b, err := New(lay.DataSize, lay.Granularity)
 	if err != nil {
+		m.bitmapMu.Unlock()
 		return nil, fmt.Errorf("bitmap: read bitmap: %w", err)
 	}
-	buf := make([]byte, m.lay.BitmapSize)
-	m.bitmapMu.Lock() // never read half of a concurrent WriteBitmap
-	_, err = m.md.ReadAt(buf, m.lay.BitmapOffset)
+	buf := make([]byte, lay.BitmapSize)
+	_, err = m.md.ReadAt(buf, lay.BitmapOffset)
 	m.bitmapMu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("bitmap: read bitmap at %d: %w", m.lay.BitmapOffset, err)
+		return nil, fmt.Errorf("bitmap: read bitmap at %d: %w", lay.BitmapOffset, err)
 	}
 	if err := b.UnmarshalBinary(buf); err != nil {
-		return nil, fmt.Errorf("bitmap: read bitmap at %d: %w", m.lay.BitmapOffset, err)
+		return nil, fmt.Errorf("bitmap: read bitmap at %d: %w", lay.BitmapOffset, err)
 	}
 	return b, nil
 }
@@ -286,6 +295,8 @@ func (m *Meta) ReadBitmap() (*Bitmap, error) {
 // during the write can leave a mix of old and new words; the activity log
 // (FlagALClean cleared until this returns) covers that window.
 func (m *Meta) WriteBitmap(b *Bitmap) error {
+	m.bitmapMu.Lock() // before the snapshot: the last call's snapshot lands last
+	defer m.bitmapMu.Unlock()
 	if b.DataSize() != m.lay.DataSize || b.Granularity() != m.lay.Granularity {
 		return fmt.Errorf("bitmap: write bitmap: %w: bitmap for %d bytes at granularity %d, metadata for %d at %d",
 			ErrInvalid, b.DataSize(), b.Granularity(), m.lay.DataSize, m.lay.Granularity)
@@ -293,8 +304,6 @@ func (m *Meta) WriteBitmap(b *Bitmap) error {
 	if m.detached.Load() {
 		return nil
 	}
-	m.bitmapMu.Lock() // before the snapshot: the last call's snapshot lands last
-	defer m.bitmapMu.Unlock()
 	words, err := b.MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("bitmap: write bitmap: %w", err)
@@ -316,15 +325,17 @@ func (m *Meta) WriteBitmap(b *Bitmap) error {
 // writes back one extent's bits when it evicts it, without rewriting the
 // whole area.
 func (m *Meta) WriteBitmapRange(b *Bitmap, off, length int64) error {
+	m.bitmapMu.Lock()
+	defer m.bitmapMu.Unlock()
 	if b.DataSize() != m.lay.DataSize || b.Granularity() != m.lay.Granularity {
 		return fmt.Errorf("bitmap: write bitmap range: %w: bitmap does not match the layout", ErrInvalid)
 	}
+	b.mu.Lock()
 	start, end, ok := b.clamp(off, length)
+	b.mu.Unlock()
 	if !ok || m.detached.Load() {
 		return nil
 	}
-	m.bitmapMu.Lock()
-	defer m.bitmapMu.Unlock()
 	words, err := b.MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("bitmap: write bitmap range: %w", err)

@@ -33,6 +33,10 @@ type Request struct {
 	Fault       string `json:"fault,omitempty"`
 	FaultOffset int64  `json:"fault-offset,omitempty"`
 	FaultLength int64  `json:"fault-length,omitempty"`
+	// Size and AssumeClean are resize's --size (bytes; 0: as large as
+	// both nodes allow) and --assume-clean.
+	Size        int64 `json:"size,omitempty"`
+	AssumeClean bool  `json:"assume-clean,omitempty"`
 }
 
 // Response is the daemon's answer. Code is the exit code the CLI uses.

@@ -270,6 +270,8 @@ func (d *Daemon) handle(ctx context.Context, req Request) Response {
 		return resp
 	case "wait-connect", "wait-sync":
 		return d.wait(ctx, req)
+	case "resize":
+		return d.resize(ctx, req) // resize.go
 	case "status":
 		var resp Response
 		if req.Resource == "" || req.Resource == "all" {

@@ -22,7 +22,9 @@ type Device interface {
 	io.WriterAt
 	// Flush makes every write completed before the call durable.
 	Flush() error
-	// Size is the device size in bytes; it never changes while open.
+	// Size is the device size in bytes. It never changes by itself; a
+	// device the operator grew shows its new size only after Refresh
+	// (Resizer).
 	Size() int64
 	Close() error
 }
@@ -56,7 +58,7 @@ func CheckRange(size, off, length int64) error {
 // File is a Device over a regular file or a block device.
 type File struct {
 	f      *os.File
-	size   int64
+	size   atomic.Int64 // the size as of open or the last Refresh
 	path   string
 	closed atomic.Bool
 }
@@ -73,21 +75,23 @@ func OpenFile(path string) (*File, error) {
 		f.Close()
 		return nil, fmt.Errorf("device: size of %s: %w", path, err)
 	}
-	return &File{f: f, size: size, path: path}, nil
+	d := &File{f: f, path: path}
+	d.size.Store(size)
+	return d, nil
 }
 
 // Path is the file's path.
 func (d *File) Path() string { return d.path }
 
 // Size implements Device.
-func (d *File) Size() int64 { return d.size }
+func (d *File) Size() int64 { return d.size.Load() }
 
 // Fd is the file descriptor (for tests and diagnostics).
 func (d *File) Fd() uintptr { return d.f.Fd() }
 
 // ReadAt implements io.ReaderAt; reads outside the device fail.
 func (d *File) ReadAt(p []byte, off int64) (int, error) {
-	if err := CheckRange(d.size, off, int64(len(p))); err != nil {
+	if err := CheckRange(d.size.Load(), off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	n, err := d.f.ReadAt(p, off)
@@ -100,7 +104,7 @@ func (d *File) ReadAt(p []byte, off int64) (int, error) {
 // WriteAt implements io.WriterAt; writes outside the device fail and never
 // grow the file.
 func (d *File) WriteAt(p []byte, off int64) (int, error) {
-	if err := CheckRange(d.size, off, int64(len(p))); err != nil {
+	if err := CheckRange(d.size.Load(), off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	return d.f.WriteAt(p, off)
@@ -109,7 +113,7 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 // WriteAtFUA writes p durably with pwritev2(RWF_DSYNC), falling back to
 // WriteAt + Flush where the kernel does not support it.
 func (d *File) WriteAtFUA(p []byte, off int64) (int, error) {
-	if err := CheckRange(d.size, off, int64(len(p))); err != nil {
+	if err := CheckRange(d.size.Load(), off, int64(len(p))); err != nil {
 		return 0, err
 	}
 	n, err := unix.Pwritev2(int(d.f.Fd()), [][]byte{p}, off, unix.RWF_DSYNC)
@@ -145,7 +149,7 @@ func (d *File) Flush() error {
 // Trim punches a hole (regular files) or issues BLKDISCARD (block devices).
 // Where neither is supported it writes zeroes, so reads return zeroes either way.
 func (d *File) Trim(off, length int64) error {
-	if err := CheckRange(d.size, off, length); err != nil {
+	if err := CheckRange(d.size.Load(), off, length); err != nil {
 		return err
 	}
 	if length == 0 {
@@ -161,7 +165,7 @@ func (d *File) Trim(off, length int64) error {
 // WriteZeroes implements Zeroer: FALLOC_FL_ZERO_RANGE (or a hole if mayTrim),
 // falling back to writing a zero buffer.
 func (d *File) WriteZeroes(off, length int64, mayTrim bool) error {
-	if err := CheckRange(d.size, off, length); err != nil {
+	if err := CheckRange(d.size.Load(), off, length); err != nil {
 		return err
 	}
 	if length == 0 {

@@ -93,7 +93,7 @@ func TestBadPeerInput(t *testing.T) {
 
 	after, err := os.ReadFile(imgB)
 	require.NoError(t, err)
-	require.True(t, bytes.Equal(before[:b.size], after[:b.size]), "b's data changed")
+	require.True(t, bytes.Equal(before[:b.size.Load()], after[:b.size.Load()]), "b's data changed")
 
 	// The real peer still gets in.
 	a, err := Up(Options{Res: res, Node: "a"})

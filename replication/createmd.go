@@ -21,7 +21,7 @@ func createMetadata(res *config.Resource, node string, force bool, dev device.De
 	if err != nil {
 		return bitmap.Layout{}, err
 	}
-	_, md, closers, lay, _, err := openBacking(res, host, dev, false)
+	_, md, closers, lay, _, err := openBacking(res, host, dev, false, false)
 	if err != nil {
 		return lay, err
 	}

@@ -262,6 +262,8 @@ func (r *Resource) peerIO(op string, off int64, fn func() error) error {
 // on a Diskless node: it comes back Inconsistent with every block out of
 // sync, and a connected UpToDate peer resyncs it while clients go on.
 func (r *Resource) Attach() error {
+	r.resizeMu.Lock() // the size checked below holds until the disk is in service (resize.go)
+	defer r.resizeMu.Unlock()
 	if !r.detached.Load() {
 		return fmt.Errorf("%s: a disk is attached (%s): nothing to do (`twinbd detach %s` first to replace it)", r.res.Name, r.DiskState(), r.res.Name)
 	}
@@ -269,10 +271,11 @@ func (r *Resource) Attach() error {
 		return fmt.Errorf("%s: no peer to resync a new disk from: run `twinbd down %s`, then `up`", r.res.Name, r.res.Name)
 	}
 	old := r.b()
-	data, md, closers, lay, faulty, err := openBacking(r.res, r.host, nil, old.faulty != nil)
+	data, md, closers, lay, faulty, err := openBacking(r.res, r.host, nil, old.faulty != nil, true)
 	if err != nil {
 		return err
 	}
+	lay = locateMetadata(r.log, data, md, lay) // a disk resized before (resize.go)
 	closeNew := func() {
 		for _, c := range closers {
 			c.Close()
@@ -287,9 +290,9 @@ func (r *Resource) Attach() error {
 		closeNew()
 		return fmt.Errorf("%w: %s: %w", ErrMetadata, r.host.Disk, err)
 	}
-	if lay.DataSize < r.size {
+	if size := r.size.Load(); lay.DataSize < size {
 		closeNew()
-		return fmt.Errorf("%w: %s gives %d bytes of data, the device has %d: use a disk at least as large and run create-md on it", ErrMetadata, r.host.Disk, lay.DataSize, r.size)
+		return fmt.Errorf("%w: %s gives %d bytes of data, the device has %d: use a disk at least as large and run create-md on it", ErrMetadata, r.host.Disk, lay.DataSize, size)
 	}
 	if meta.Layout().Granularity != r.bm.Granularity() {
 		closeNew()

@@ -16,6 +16,9 @@
 //     barriers, pings, teardown (what the peer may lack goes into the bitmap
 //     before anything waiting is answered).
 //   - resync.go: the sync source (bitmap or checksum based, rate limited).
+//   - resize.go: online resize (both nodes grow, the peer first) and a
+//     resync started mid-session (startSyncSource); wire_resize.go its
+//     messages.
 //   - verbs.go: invalidate, invalidate-remote, outdate, online verify.
 //   - wire.go, framewriter.go, transport*.go: frames, batching, TCP and the
 //     in-memory network used by the simulation tests.

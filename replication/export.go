@@ -18,13 +18,13 @@ import (
 var _ nbd.Export = (*Resource)(nil)
 
 // Size is the exported size in bytes.
-func (r *Resource) Size() int64 { return r.size }
+func (r *Resource) Size() int64 { return r.size.Load() }
 
 // ReadOnly is false: the export only exists while Primary.
 func (r *Resource) ReadOnly() bool { return false }
 
 func (r *Resource) ReadAt(p []byte, off int64) error {
-	if err := device.CheckRange(r.size, off, int64(len(p))); err != nil {
+	if err := device.CheckRange(r.size.Load(), off, int64(len(p))); err != nil {
 		return err
 	}
 	r.pending.Add(1)
@@ -132,7 +132,7 @@ func (r *Resource) checkWrite(off, length int64) error {
 	if !r.writable.Load() {
 		return nbd.ErrReadOnly
 	}
-	return device.CheckRange(r.size, off, length)
+	return device.CheckRange(r.size.Load(), off, length)
 }
 
 // errActivityLog is returned (as EIO) when the activity log cannot record

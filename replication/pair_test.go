@@ -118,7 +118,7 @@ func (p *testPair) sameData() {
 	require.NoError(p.t, err)
 	b, err := os.ReadFile(p.imgB)
 	require.NoError(p.t, err)
-	n := p.a.size
+	n := p.a.size.Load()
 	if !bytes.Equal(a[:n], b[:n]) {
 		for i := int64(0); i < n; i += 4096 {
 			if !bytes.Equal(a[i:i+4096], b[i:i+4096]) {

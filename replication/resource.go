@@ -80,6 +80,7 @@ type linkState struct {
 
 	syncTotal int64 // bits out of sync when the resync started
 	syncStart time.Time
+	peerSize  int64 // the peer's size at the last state exchange (resize.go)
 
 	syncedBytes atomic.Int64 // resynced bytes (either side) in this resync
 	resyncWire  atomic.Int64 // resync bytes put on the wire (source)
@@ -95,7 +96,7 @@ type Resource struct {
 	peers []*config.Host
 	log   *slog.Logger
 	bk    atomic.Pointer[backing] // the local disk (attach swaps it)
-	size  int64
+	size  atomic.Int64            // the exported size, read on every I/O; an online resize grows it (resize.go)
 
 	writable atomic.Bool // true only while Primary and serving
 
@@ -139,6 +140,8 @@ type Resource struct {
 	discardMyData bool   // connect --discard-my-data, until the next handshake
 	disconnectReq bool   // the operator said disconnect
 	handshaking   func() // aborts a handshake in progress
+
+	resizeMu sync.Mutex // one resize at a time (resize.go)
 }
 
 // backing is the local disk: its data area, metadata and activity log.
@@ -168,10 +171,11 @@ func Up(opts Options) (*Resource, error) {
 		log = slog.Default()
 	}
 	log = log.With("resource", opts.Res.Name)
-	data, md, closers, lay, faulty, err := openBacking(opts.Res, host, opts.Disk, opts.FaultInjection)
+	data, md, closers, lay, faulty, err := openBacking(opts.Res, host, opts.Disk, opts.FaultInjection, true)
 	if err != nil {
 		return nil, err
 	}
+	lay = locateMetadata(log, data, md, lay) // after a resize (resize.go)
 	fail := func(err error) (*Resource, error) {
 		for _, c := range closers {
 			c.Close()
@@ -194,8 +198,9 @@ func Up(opts Options) (*Resource, error) {
 	}
 	r := &Resource{
 		res: opts.Res, host: host, peers: opts.Res.Peers(opts.Node), log: log,
-		size: size, role: RoleSecondary,
+		role: RoleSecondary,
 	}
+	r.size.Store(size)
 	r.bk.Store(&backing{data: data, local: nbd.NewDeviceExport(data, false), closer: closers, meta: meta, faulty: faulty})
 	sb := meta.Superblock()
 	r.disk = diskStateFromFlags(sb.Flags)
@@ -233,7 +238,7 @@ func Up(opts Options) (*Resource, error) {
 			}
 		}
 	}
-	log.Info("resource up", "disk", r.disk, "size", size, "backing", host.Disk, "meta", host.MetaDisk)
+	log.Info("resource up", "disk", r.disk, "size", size, "backing", host.Disk, "backing-size", closers[0].Size(), "meta", host.MetaDisk)
 	if r.peer != nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		r.stopPeer = cancel
@@ -367,8 +372,11 @@ func (r *Resource) markUpToDate() error {
 }
 
 // openBacking opens the backing disk (and external metadata device) and
-// computes the metadata layout.
-func openBacking(res *config.Resource, host *config.Host, dev device.Device, inject bool) (data, md device.Device, closers []device.Device, lay bitmap.Layout, faulty *device.Faulty, err error) {
+// computes the metadata layout for the largest data area. inject wraps the
+// backing disk in a device.Faulty. With fit (up), an external metadata
+// device too small for all of the data device gives the layout for what it
+// holds (Locate then reads the recorded size).
+func openBacking(res *config.Resource, host *config.Host, dev device.Device, inject, fit bool) (data, md device.Device, closers []device.Device, lay bitmap.Layout, faulty *device.Faulty, err error) {
 	gran := res.Disk.BitmapGranularity
 	if gran == 0 {
 		gran = bitmap.DefaultGranularity
@@ -398,10 +406,13 @@ func openBacking(res *config.Resource, host *config.Host, dev device.Device, inj
 			closers = append(closers, mf)
 			md = mf
 			lay, err = bitmap.ExternalLayout(backing.Size(), mf.Size(), gran)
+			if fit && errors.Is(err, bitmap.ErrTooSmall) {
+				lay, err = bitmap.ExternalFit(backing.Size(), mf.Size(), gran)
+			}
 		}
 	}
 	if err == nil {
-		data, err = device.NewRegion(backing, 0, lay.DataSize)
+		data, err = device.NewWindow(backing, lay.DataSize)
 	}
 	if err != nil {
 		for _, c := range closers {
@@ -417,13 +428,13 @@ func metaHint(res string, host *config.Host, err error) string {
 	case errors.Is(err, bitmap.ErrNoMetadata):
 		hint := fmt.Sprintf("no twinbd metadata on %s (meta-disk %s): run `twinbd create-md %s` first", host.Disk, host.MetaDisk, res)
 		if host.MetaDisk == "internal" {
-			hint += fmt.Sprintf("; if %s was grown since create-md, internal metadata is no longer at its end: restore the old size (online resize is not supported yet)", host.Disk)
+			hint += fmt.Sprintf("; if %s was grown while the resource was not up (or this node stopped during `twinbd resize` before it moved the metadata), the internal metadata is still at the old end: restore the old size (the last \"resource up\" log line shows backing-size), bring the resource up, then grow the device while it is up and run `twinbd resize %s` (docs/operations.md, \"Growing the device\"). If the old size is unknown, `twinbd create-md --force %s` and a full sync from the peer recover it", host.Disk, res, res)
 		}
 		return hint
 	case errors.Is(err, bitmap.ErrCorrupt):
 		return fmt.Sprintf("metadata on %s is corrupt: restore it, or run `twinbd create-md --force %s` (its data generation is forgotten and a full sync follows)", host.Disk, res)
 	case errors.Is(err, bitmap.ErrWrongSize):
-		return fmt.Sprintf("metadata on %s does not match the device size (was the device resized?)", host.Disk)
+		return fmt.Sprintf("metadata on %s does not match this device or the resource file (a device smaller than the metadata says: restore its size, twinbd never shrinks one; or a changed bitmap-granularity)", host.Disk)
 	}
 	return fmt.Sprintf("cannot read metadata on %s", host.Disk)
 }

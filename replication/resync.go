@@ -87,7 +87,7 @@ func (s *session) resync() {
 		}
 		cursor = bit + n
 		off := bit * gran
-		length := min(n*gran, r.size-off)
+		length := min(n*gran, r.size.Load()-off)
 		if length <= 0 {
 			// Bits past the exported size (a smaller `size` than the
 			// data area): nothing to send.

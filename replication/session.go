@@ -115,6 +115,8 @@ type session struct {
 	// resync state (source)
 	csums    bool
 	syncedAt time.Time
+
+	rz resizeWait // resize.go: the answer to a Resize
 }
 
 func newSession(r *Resource, data, meta net.Conn) *session {
@@ -376,7 +378,7 @@ func (r *Resource) myState(flags uint32) *StateMsg {
 		flags |= StateCrashedPrimary
 	}
 	return &StateMsg{
-		Role: uint8(role), Disk: uint8(disk), Size: r.size, Granularity: uint32(r.bm.Granularity()),
+		Role: uint8(role), Disk: uint8(disk), Size: r.size.Load(), Granularity: uint32(r.bm.Granularity()),
 		Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History, Flags: flags, Dirty: r.bm.Count(),
 	}
 }
@@ -436,8 +438,8 @@ func (s *session) handshake() (SyncKind, error) {
 		return 0, fmt.Errorf("state exchange: %w", err)
 	}
 	theirs := m.(*StateMsg)
-	if theirs.Size != r.size {
-		return 0, s.refuse("size mismatch: %s has %d bytes, %s has %d; give both the same disk size", r.host.Name, r.size, r.peer.Name, theirs.Size)
+	if err := s.checkSize(theirs); err != nil { // resize.go
+		return 0, err
 	}
 	if int64(theirs.Granularity) != r.bm.Granularity() {
 		return 0, s.refuse("bitmap granularity mismatch: %d here, %d on the peer", r.bm.Granularity(), theirs.Granularity)
@@ -678,6 +680,8 @@ func (s *session) readMeta() {
 			s.complete(f.Seq, true, m.Same)
 		case *BarrierAckMsg:
 			s.barrierAck(m.Epoch)
+		case *ResizeReplyMsg:
+			s.rz.deliver(f.Seq, m)
 		case *StateMsg:
 			r.mu.Lock()
 			r.link.peerRole = Role(m.Role)
@@ -949,6 +953,9 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		}
 	case *ReadReplyMsg:
 		return true, s.readReply(fseq, m)
+	case *ResizeMsg, *SyncStartMsg:
+		off, length = 0, math.MaxInt64    // after every earlier message, before every later one
+		work, ack = s.resizeWork(fseq, m) // resize.go
 	case *StateMsg:
 		if m.Flags&StateResyncDone == 0 {
 			return false, fmt.Errorf("%w: State on the data channel without resync-done", ErrMalformed)
@@ -1005,7 +1012,7 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 }
 
 func (r *Resource) checkPeerRange(off, length int64) error {
-	if err := device.CheckRange(r.size, off, length); err != nil {
+	if err := device.CheckRange(r.size.Load(), off, length); err != nil {
 		return fmt.Errorf("%w: from the peer: %w", ErrMalformed, err)
 	}
 	return nil

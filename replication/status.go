@@ -102,7 +102,7 @@ func (r *Resource) Status() Status {
 		Name: r.res.Name, NodeID: r.host.NodeID, Role: role.String(), Export: export,
 		Suspended: susp != "", SuspendedReason: susp,
 		Devices: []DeviceStatus{{
-			DiskState: disk.String(), Quorum: r.haveQuorum(), Size: r.size / 1024,
+			DiskState: disk.String(), Quorum: r.haveQuorum(), Size: r.size.Load() / 1024,
 			Read: r.readBytes.Load() / 1024, Written: r.writtenBytes.Load() / 1024,
 			UpperPending: pending, LowerPending: pending, DiskReason: diskReason,
 		}},
@@ -144,13 +144,11 @@ func (r *Resource) connStatus(p *config.Host) ConnectionStatus {
 		Sent: (r.link.sentBytes.Load() + r.link.resyncWire.Load()) / 1024, Received: r.link.recvBytes.Load() / 1024,
 	}
 	if r.bm != nil {
-		oos := r.bm.Bytes()
-		if oos > r.size {
-			oos = r.size
-		}
+		size := r.size.Load()
+		oos := min(r.bm.Bytes(), size)
 		pd.OutOfSync = oos / 1024
-		if r.size > 0 {
-			pd.PercentInSync = float64(int64(1000*float64(r.size-oos)/float64(r.size))) / 10
+		if size > 0 {
+			pd.PercentInSync = float64(int64(1000*float64(size-oos)/float64(size))) / 10
 		}
 		if (repl == ReplSyncSource || repl == ReplSyncTarget || repl == ReplVerifyS) && total > 0 {
 			left := r.bm.Count()
@@ -160,7 +158,7 @@ func (r *Resource) connStatus(p *config.Host) ConnectionStatus {
 			done := float64(total-left) / float64(total)
 			pd.RSTotal = total * r.bm.Granularity() / 1024
 			if repl == ReplVerifyS {
-				pd.RSTotal = r.size / 1024
+				pd.RSTotal = size / 1024
 			}
 			pd.DonePercent = float64(int64(done*1000)) / 10
 			if done > 0 {

@@ -158,7 +158,8 @@ func (r *Resource) Verify() (VerifyResult, error) {
 		return VerifyResult{}, fmt.Errorf("%w: replication is %s; verify needs Established", ErrInUse, repl)
 	}
 	r.link.repl = ReplVerifyS
-	r.link.syncTotal = (r.size + verifyChunk - 1) / verifyChunk
+	size := r.size.Load() // resize waits for Established
+	r.link.syncTotal = (size + verifyChunk - 1) / verifyChunk
 	r.link.syncStart = time.Now()
 	r.link.verifyDone.Store(0)
 	r.mu.Unlock()
@@ -179,8 +180,8 @@ func (r *Resource) Verify() (VerifyResult, error) {
 	}
 	out := make(chan outcome, verifyWindow)
 	sent := 0
-	for off := int64(0); off < r.size; off += verifyChunk {
-		length := min(int64(verifyChunk), r.size-off)
+	for off := int64(0); off < size; off += verifyChunk {
+		length := min(int64(verifyChunk), size-off)
 		select {
 		case window <- struct{}{}:
 		case <-s.deadCh:

@@ -119,6 +119,9 @@ const (
 	MsgDisconnect
 	MsgReadRequest
 	MsgReadReply
+	MsgResize      // wire_resize.go
+	MsgResizeReply // wire_resize.go
+	MsgSyncStart   // wire_resize.go
 	msgTypeEnd
 )
 
@@ -145,6 +148,9 @@ var msgNames = [...]string{
 	MsgDisconnect:      "Disconnect",
 	MsgReadRequest:     "ReadRequest",
 	MsgReadReply:       "ReadReply",
+	MsgResize:          "Resize",
+	MsgResizeReply:     "ResizeReply",
+	MsgSyncStart:       "SyncStart",
 }
 
 func (t MsgType) String() string {
@@ -199,6 +205,9 @@ var maxPayloadFor = [...]uint32{
 	MsgDisconnect:      disconnectFix + MaxStringLen,
 	MsgReadRequest:     rangeSize,
 	MsgReadReply:       4 + MaxDataSize,
+	MsgResize:          resizeSize,
+	MsgResizeReply:     resizeReplyFixed + MaxStringLen,
+	MsgSyncStart:       rangeSize,
 	msgTypeEnd:         0,
 }
 
@@ -373,6 +382,12 @@ func NewMessage(t MsgType) (Message, error) {
 		return new(ReadRequestMsg), nil
 	case MsgReadReply:
 		return new(ReadReplyMsg), nil
+	case MsgResize:
+		return new(ResizeMsg), nil
+	case MsgResizeReply:
+		return new(ResizeReplyMsg), nil
+	case MsgSyncStart:
+		return new(SyncStartMsg), nil
 	}
 	return nil, fmt.Errorf("replication: %w: %d", ErrUnknownType, uint16(t))
 }

@@ -54,6 +54,11 @@ func wireSamples() []Message {
 		&ReadRequestMsg{Offset: 8192, Length: 65536},
 		&ReadReplyMsg{Payload: []byte("peer data")},
 		&ReadReplyMsg{Errno: 5, Payload: []byte{}},
+		&ResizeMsg{Size: 1 << 40, MarkOff: 1 << 30, MarkLen: 1 << 20, Flags: ResizeAssumeClean},
+		&ResizeMsg{Flags: ResizeProbe},
+		&ResizeReplyMsg{Size: 64 << 20, Capacity: 1 << 40, MDOffset: 67 << 20, MDEnd: 68 << 20, Reason: "metadata device too small"},
+		&ResizeReplyMsg{Size: 1, Failed: true, Reason: "I/O error"},
+		&SyncStartMsg{Offset: 4096, Length: 1 << 30},
 	}
 }
 

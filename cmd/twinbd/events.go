@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -69,6 +70,9 @@ type eventObj struct {
 	id     []string // key:value that name the object
 	fields []string // key:value of its state (and statistics)
 	stats  int      // how many trailing fields are statistics
+	// size is a device's size (KiB): a statistic, but a change of it (an
+	// online resize) is reported at once, with or without --statistics.
+	size int64
 }
 
 func (e eventObj) key() string { return e.kind + " " + strings.Join(e.id, " ") }
@@ -102,7 +106,7 @@ func objects(sts []replication.Status, stats bool) []eventObj {
 		}
 		for _, d := range st.Devices {
 			o := eventObj{kind: "device", id: []string{kv("name", st.Name), kv("volume", d.Volume), kv("minor", d.Minor)},
-				fields: []string{kv("disk", d.DiskState), kv("client", yn(d.Client)), kv("quorum", yn(d.Quorum))}}
+				fields: []string{kv("disk", d.DiskState), kv("client", yn(d.Client)), kv("quorum", yn(d.Quorum))}, size: d.Size}
 			if stats {
 				o.fields = append(o.fields, kv("size", d.Size), kv("read", d.Read), kv("written", d.Written), kv("al-writes", d.ALWrites),
 					kv("bm-writes", d.BMWrites), kv("upper-pending", d.UpperPending), kv("lower-pending", d.LowerPending))
@@ -255,6 +259,12 @@ func runEvents(cmd *cobra.Command, g *globalOpts, o *eventsOpts, res string) err
 					stateChanged = true
 					changed = append(changed, f)
 				} else if withStats {
+					changed = append(changed, f)
+				}
+			}
+			if e.size != old.size {
+				stateChanged = true
+				if f := fmt.Sprintf("size:%d", e.size); !slices.Contains(changed, f) {
 					changed = append(changed, f)
 				}
 			}

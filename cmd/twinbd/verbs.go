@@ -46,6 +46,7 @@ func newVerbCmds(g *globalOpts) []*cobra.Command {
 		newVerbCmd(g, "verify", "Compare every block with the peer (online verify); prints checked and out-of-sync KiB", ""),
 		newWaitCmd(g, "wait-connect", "Wait until the peer link is Connected"),
 		newWaitCmd(g, "wait-sync", "Wait until Connected and no resync runs (progress bar while it does)"),
+		newResizeCmd(g),
 		newVerbCmd(g, "role", "Print this node's role", ""),
 		newVerbCmd(g, "dstate", "Print the disk states (local/peer)", ""),
 		newVerbCmd(g, "cstate", "Print the connection state", ""),
