@@ -149,7 +149,7 @@ func (r *Resource) peerUpToDate() bool {
 // cannot serve it: an error (io-error), or wait until it can (suspend-io;
 // nil: try again).
 func (r *Resource) noData() error {
-	if r.res.Disk.OnNoDataAccessible != "suspend-io" {
+	if r.res.Disk.OnNoDataAccessible != "suspend-io" || r.peer == nil {
 		return fmt.Errorf("%w: %s is Diskless and its peer is not Connected and UpToDate (on-no-data-accessible io-error): %w", ErrNoData, r.res.Name, syscall.EIO)
 	}
 	if !r.writable.Load() {
@@ -303,8 +303,14 @@ func (r *Resource) Attach() error {
 		closeNew()
 		return err
 	}
-	// Whatever the new disk's metadata says, its data is not current.
+	// Whatever the new disk's metadata says, its data is not current. It
+	// takes the generation of the disk it replaces (kept in memory since
+	// the failure: a Diskless node starts none), so that a connect after a
+	// broken link finds the nodes related, and this side Inconsistent: a
+	// resync into it, by the bitmaps (DecideSync, rule a).
+	gen := old.meta.Superblock()
 	if err := meta.Update(func(sb *bitmap.Superblock) {
+		sb.Current, sb.Bitmap, sb.History = gen.Current, gen.Bitmap, gen.History
 		sb.Flags &^= bitmap.FlagConsistent | bitmap.FlagWasUpToDate | bitmap.FlagOutdated | bitmap.FlagCrashedPrimary | bitmap.FlagPrimaryInd
 		if r.Role() == RolePrimary {
 			sb.Flags |= bitmap.FlagPrimaryInd

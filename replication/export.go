@@ -241,17 +241,21 @@ func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) M
 	if lerr != nil {
 		return lerr
 	}
-	if p != nil && r.partial.Load() {
-		select {
-		case <-p.done:
-			if p.ok {
-				// Attaching Primary: both disks have these blocks now;
-				// resync data still on its way for them is older and is
-				// skipped (disk.go).
-				r.bm.ClearRange(off, length)
-			}
-		default: // protocol A or B, not acknowledged yet: stays out of sync
+	if r.partial.Load() {
+		// Attaching Primary: its disk is Inconsistent, so a write counts
+		// only once the peer has it too, whatever the protocol (disk.go).
+		ok := false
+		if p != nil {
+			<-p.done
+			ok = p.ok
 		}
+		if !ok {
+			return r.replicatePeerOnly(off, length, fua, msg, &unlock)
+		}
+		// Both disks have these blocks now; resync data still on its way
+		// for them is older and is skipped.
+		r.bm.ClearRange(off, length)
+		unreplicated = false
 	}
 	// Quorum, and for a write the peer lacks, fencing (quorum.go).
 	return r.awaitIO(unreplicated)

@@ -526,6 +526,9 @@ func (s *session) handshake() (SyncKind, error) {
 		}
 		peerDisk = DiskInconsistent
 		s.csums = peer.CrashedPrimary || me.CrashedPrimary || r.res.Net.CsumsAlg != ""
+		// An Inconsistent Primary as the target: one that was attaching a
+		// new disk when the link broke (disk.go).
+		s.toPrimary.Store(peer.Role == RolePrimary)
 	case diskless:
 		// A Diskless Primary writes nothing its peer does not get; at the
 		// same data generation (no writes of its own before its disk
@@ -1100,6 +1103,12 @@ func (s *session) teardown() {
 	// No r.mu until the waiting writes are answered: a demotion holding
 	// r.mu may be draining exactly those writes.
 	switch {
+	case r.partial.Load():
+		// Attaching: every write it answered is on the peer too, and
+		// nothing is answered without the peer (disk.go): no new
+		// generation, nobody to fence; the resync resumes on connect.
+		r.fo.fencing.Store(false)
+		r.wakeIO()
 	case r.detached.Load():
 		// Diskless: every write it answered is on the peer, which keeps
 		// the only copy; no new generation, nobody to fence (disk.go).
