@@ -230,8 +230,11 @@ func (s *session) finishSource() {
 	if err := r.b().meta.WriteBitmap(r.bm); err != nil {
 		r.log.Warn("resync done: writing the bitmap failed", "err", err)
 	}
+	// Read before replication is Established: from then on a new
+	// mid-session resync (startSyncSourceRange) may set syncedAt again.
+	took, bytes, wire := time.Since(s.syncedAt).Round(time.Millisecond), r.link.syncedBytes.Load(), r.link.resyncWire.Load()
 	r.mu.Lock()
 	r.link.repl = ReplEstablished
 	r.mu.Unlock()
-	r.log.Info("resync finished", "peer", r.peer.Name, "bytes", r.link.syncedBytes.Load(), "on-wire", r.link.resyncWire.Load(), "took", time.Since(s.syncedAt).Round(time.Millisecond))
+	r.log.Info("resync finished", "peer", r.peer.Name, "bytes", bytes, "on-wire", wire, "took", took)
 }
