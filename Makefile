@@ -22,6 +22,7 @@ install: build
 	install -D -m 0755 ocf/twinbd $(DESTDIR)$(PREFIX)/lib/ocf/resource.d/twinbd/twinbd
 	install -D -m 0644 systemd/twinbd.service $(DESTDIR)/lib/systemd/system/twinbd.service
 	install -D -m 0644 systemd/twinbd@.service $(DESTDIR)/lib/systemd/system/twinbd@.service
+	install -D -m 0644 systemd/twinbd-witness.service $(DESTDIR)/lib/systemd/system/twinbd-witness.service
 	install -D -m 0644 contrib/twinbd.conf.example $(DESTDIR)/etc/twinbd/twinbd.conf.example
 	install -D -m 0644 contrib/prometheus/twinbd-alerts.yml $(DESTDIR)$(PREFIX)/share/twinbd/prometheus/twinbd-alerts.yml
 	install -D -m 0644 contrib/grafana/twinbd-dashboard.json $(DESTDIR)$(PREFIX)/share/twinbd/grafana/twinbd-dashboard.json

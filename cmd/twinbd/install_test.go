@@ -27,7 +27,7 @@ func TestMakeInstall(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	for _, f := range []string{
 		"usr/sbin/twinbd", "usr/lib/ocf/resource.d/twinbd/twinbd",
-		"lib/systemd/system/twinbd.service", "lib/systemd/system/twinbd@.service",
+		"lib/systemd/system/twinbd.service", "lib/systemd/system/twinbd@.service", "lib/systemd/system/twinbd-witness.service",
 		"etc/twinbd/twinbd.conf.example", "usr/share/man/man8/twinbd.8", "usr/share/man/man8/twinbd-primary.8",
 		"usr/share/man/man8/twinbd-witness.8", "usr/share/bash-completion/completions/twinbd",
 		"usr/share/zsh/vendor-completions/_twinbd", "usr/share/twinbd/prometheus/twinbd-alerts.yml",

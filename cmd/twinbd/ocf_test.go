@@ -7,9 +7,12 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -468,4 +471,63 @@ func TestOCFSystemdUnits(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	require.Empty(t, strings.TrimSpace(string(out)), "systemd-analyze verify complains")
+}
+
+// TestWitnessUnit runs systemd/twinbd-witness.service's ExecStart the way
+// systemd would (${VAR} one word, $VAR split at spaces) with an
+// EnvironmentFile's variables, and checks that the witness serves the
+// address it names and gets TWINBD_WITNESS_OPTS.
+func TestWitnessUnit(t *testing.T) {
+	b, err := os.ReadFile("../../systemd/twinbd-witness.service")
+	require.NoError(t, err)
+	unit := string(b)
+	for _, s := range []string{"EnvironmentFile=/etc/default/twinbd-witness", "StateDirectory=twinbd", "Restart=on-failure",
+		"After=network-online.target", "Wants=network-online.target", "WantedBy=multi-user.target"} {
+		require.Contains(t, unit, s+"\n")
+	}
+	var start string
+	for _, line := range strings.Split(unit, "\n") {
+		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			start = v
+		}
+	}
+	require.Contains(t, start, "/usr/sbin/twinbd witness --listen ${TWINBD_WITNESS_LISTEN} --state /var/lib/twinbd/witness.json")
+
+	p, _ := failoverPair(t) // its own witness runs too; ours gets another port
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	state := t.TempDir()
+	start = strings.ReplaceAll(start, "/usr/sbin/twinbd", twinbdBin+" --config "+p.conf["alpha"])
+	start = strings.ReplaceAll(start, "/var/lib/twinbd", state)
+	start = strings.ReplaceAll(start, "${TWINBD_WITNESS_LISTEN}", `"$TWINBD_WITNESS_LISTEN"`)
+	// The unit's witness serves the resources that name its address.
+	conf, err := os.ReadFile(p.conf["alpha"])
+	require.NoError(t, err)
+	waddr := regexp.MustCompile(`witness (127\.0\.0\.1:[0-9]+);`).FindSubmatch(conf)[1]
+	require.NoError(t, os.WriteFile(p.conf["alpha"], []byte(strings.ReplaceAll(string(conf), string(waddr), addr)), 0o600))
+
+	cmd := exec.Command("/bin/sh", "-c", "exec "+start)
+	cmd.Env = append(os.Environ(), "TWINBD_WITNESS_LISTEN="+addr, "TWINBD_WITNESS_OPTS=--log-level warn")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	require.Eventually(t, func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, 20*time.Second, 50*time.Millisecond, "the unit's witness does not listen on %s: %s", addr, &out)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	cmd.Wait()
+	require.NotContains(t, out.String(), "witness serving", "TWINBD_WITNESS_OPTS (--log-level warn) did not reach the witness")
+
+	if analyze, err := exec.LookPath("systemd-analyze"); err == nil {
+		dir := t.TempDir()
+		f := filepath.Join(dir, "twinbd-witness.service")
+		require.NoError(t, os.WriteFile(f, []byte(strings.ReplaceAll(unit, "/usr/sbin/twinbd", twinbdBin)), 0o644))
+		out, err := exec.Command(analyze, "verify", "--man=no", f).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		require.Empty(t, strings.TrimSpace(string(out)), "systemd-analyze verify complains")
+	}
 }
