@@ -485,3 +485,56 @@ func TestPairOrderlyDisconnectMarksNothing(t *testing.T) {
 	require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), 0, false))
 	require.Equal(t, int64(1), p.a.bm.Count())
 }
+
+// discard-younger-primary and discard-older-primary (after-sb-0pri) pick
+// the victim by who was Primary before the split: a was, and its new
+// generation leaves the old one behind with bit 0 set; b, promoted after
+// the split, leaves it with bit 0 clear. Both write the same blocks; after
+// the heal the winner's data is on both.
+func TestPairSplitBrainPolicyYoungerOlderPrimary(t *testing.T) {
+	for _, tc := range []struct{ policy, winner string }{
+		{"discard-younger-primary", "a"},
+		{"discard-older-primary", "b"},
+	} {
+		t.Run(tc.policy, func(t *testing.T) {
+			p := newPair(t, "after-sb-0pri "+tc.policy+";")
+			require.NoError(t, p.a.Primary(true))
+			p.waitSynced(p.a)
+			eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+			p.net.Partition("a:1", "b:1")
+			eventually(t, "both notice", func() bool { return p.a.sess.Load() == nil && p.b.sess.Load() == nil })
+			rng := rand.New(rand.NewPCG(7, 7))
+			blocks := map[string][][]byte{}
+			for _, n := range []string{"a", "b"} {
+				r := p.a
+				if n == "b" {
+					r = p.b
+					require.NoError(t, r.Primary(true))
+				}
+				for i := range 8 {
+					b := randBlock(rng, 4096)
+					blocks[n] = append(blocks[n], b)
+					require.NoError(t, r.WriteAt(b, int64(i)*4096, false))
+				}
+				require.NoError(t, r.Secondary(false))
+			}
+			require.NotZero(t, p.a.b().meta.Superblock().Bitmap&uuidFlag, "a left a generation it was Primary in")
+			require.Zero(t, p.b.b().meta.Superblock().Bitmap&uuidFlag, "b was Secondary in the generation it left")
+			p.net.Heal("a:1", "b:1")
+			loser := p.b
+			if tc.winner == "b" {
+				loser = p.a
+			}
+			eventually(t, "the loser resynced", func() bool {
+				return loser.ReplState() == ReplEstablished && loser.DiskState() == DiskUpToDate && loser.bm.Count() == 0
+			})
+			p.sameData()
+			got := make([]byte, 4096)
+			for i, want := range blocks[tc.winner] {
+				err := loser.b().local.ReadAt(got, int64(i)*4096)
+				require.NoError(t, err)
+				require.Equal(t, want, got, "block %d is not %s's", i, tc.winner)
+			}
+		})
+	}
+}

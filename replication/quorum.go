@@ -273,10 +273,18 @@ func (r *Resource) fencePeer(witnessDone, handlerDone bool) {
 }
 
 // fenced ends a fencing episode: new data generation, writes go on.
+//
+// The generation left behind, now the bitmap UUID, is one in which this
+// node was Primary, so it gets bit 0 (uuidFlag), as DRBD's current UUID
+// carries it while Primary: discard-younger-primary and
+// discard-older-primary read it after a split brain. A Secondary promoted
+// without its peer starts its generation in Primary (resource.go) with the
+// bit clear: it was not Primary in the generation it leaves.
 func (r *Resource) fenced() {
 	if r.b().meta.Superblock().Bitmap == 0 {
 		if err := r.b().meta.Update(func(sb *bitmap.Superblock) {
 			g := NewCurrentUUID(Generation{Current: sb.Current, Bitmap: sb.Bitmap, History: sb.History}, randomUUID())
+			g.Bitmap |= uuidFlag
 			sb.Current, sb.Bitmap, sb.History = g.Current, g.Bitmap, g.History
 		}); err != nil {
 			r.log.Error("new current UUID after losing the peer", "err", err)

@@ -360,9 +360,11 @@ func (o SBOutcome) String() string {
 //	                         old current UUID, flagged while Primary). If both
 //	                         bits are equal: disconnect. (DRBD falls through to
 //	                         discard-least-changes; twinbd does not pick a
-//	                         victim by a rule the operator did not configure,
-//	                         and today it never sets bit 0, so this and
-//	                         discard-older-primary always disconnect.)
+//	                         victim by a rule the operator did not configure.)
+//	                         The bit is set by a Primary that loses its peer
+//	                         and starts a new generation (fenced, quorum.go);
+//	                         a Secondary promoted after the split leaves its
+//	                         old generation with the bit clear.
 //	discard-older-primary    the node that was Primary before the split loses
 //	discard-zero-changes     the node with no changes (Dirty == 0) loses; both
 //	                         without changes: the higher node-id loses (DRBD's
