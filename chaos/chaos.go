@@ -71,6 +71,9 @@ type Config struct {
 
 	// removePassed removes Dir after a passing run (Soak's scenarios).
 	removePassed bool
+	// daemonArgs are extra `twinbd daemon` flags (tests: the hidden
+	// --test-only-promote-stale).
+	daemonArgs []string
 }
 
 // FaultResult is what one fault did and what the checks said.
@@ -94,6 +97,9 @@ type FaultResult struct {
 	Reverted int64 `json:"reverted_bytes,omitempty"`
 	// Diskless: a disk-write-error detached the disk (it was replaced).
 	Diskless bool `json:"went_diskless,omitempty"`
+	// Stale is the stale survivor watched while its peer was dead and
+	// its state then ("beta: Inconsistent"); "" when none was.
+	Stale string `json:"stale_survivor,omitempty"`
 }
 
 // OK says whether every property held after this fault.
@@ -266,6 +272,7 @@ func (r *runner) run(ctx context.Context, dir string) error {
 		return err
 	}
 	r.c = c
+	c.daemonArgs = r.cfg.daemonArgs
 	defer func() {
 		c.shutdown()
 		for _, p := range c.proxies() {
@@ -492,19 +499,19 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 			pre[n] = st
 		}
 	}
-	stale := func(n string) bool {
-		st := pre[n]
-		return st == nil || st.Devices[0].DiskState != "UpToDate" || st.WitnessOutdated
+	var watch *staleWatch // a stale survivor to watch during the hold
+	watchStale := func(n, was string) {
+		watch = &staleWatch{node: n, was: was}
+		fr.Stale = n + ": " + was
+		r.rep.Checks[PropNoStale]++
 	}
-	watch := "" // a stale survivor to watch during the hold
 	hold := func(d time.Duration) {
 		end := time.Now().Add(d)
 		for time.Now().Before(end) && ctx.Err() == nil {
-			if watch != "" {
-				if st, err := c.status(watch); err == nil && st.Role == "Primary" {
-					problem("stale node promoted: %s was %s (witness-outdated %v) before its peer died, and became Primary",
-						watch, pre[watch].Devices[0].DiskState, pre[watch].WitnessOutdated)
-					watch = ""
+			if watch != nil {
+				st, _ := c.status(watch.node)
+				if p := watch.observe(st); p != "" {
+					problem("%s", p)
 				}
 			}
 			sleepCtx(ctx, min(250*time.Millisecond, time.Until(end)))
@@ -526,10 +533,9 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 			n = sec
 		}
 		fr.Node = n
-		if stale(other(n)) {
-			watch = other(n)
-			r.rep.Checks[PropNoStale]++
-			note("%s was %s before the kill", other(n), pre[other(n)].Devices[0].DiskState)
+		if was := staleState(pre[other(n)]); was != "" {
+			watchStale(other(n), was)
+			note("%s was %s before the kill: watched, it must not promote itself", other(n), was)
 		}
 		if f.Kind == KillNode {
 			if err := c.signal(n, syscall.SIGKILL); err != nil {
@@ -550,7 +556,7 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 			}
 		}
 		t0 := time.Now()
-		if n == prim && watch == "" {
+		if n == prim && watch == nil {
 			fr.Problems = append(fr.Problems, r.midCheck(ctx, &fr, sec)...)
 		}
 		hold(f.Hold - time.Since(t0))
@@ -654,6 +660,65 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 		if err != nil {
 			problem("switchover: %v", err)
 		}
+	case KillDuringResync:
+		fr.Node = prim
+		// The Secondary falls behind: killed while the load writes on,
+		// restarted over a peer link slowed down (so that the resync takes
+		// seconds), and the Primary is killed as soon as the Secondary is
+		// seen SyncTarget. A resync missed (done before it was seen) is
+		// tried again.
+		var seen bool
+		for attempt := 1; attempt <= 3 && !seen && ctx.Err() == nil; attempt++ {
+			if err := c.signal(sec, syscall.SIGKILL); err != nil {
+				problem("%v", err)
+				break
+			}
+			sleepCtx(ctx, f.Delay)
+			c.peer.Delay(Both, resyncSlowdown)
+			restart(sec)
+			var last string
+			seen, last = r.waitFor(ctx, 30*time.Second, sec, func(st *replication.Status) bool {
+				return replState(st) == "SyncTarget"
+			})
+			if !seen {
+				c.peer.Heal()
+				note("attempt %d: %s was not seen SyncTarget (last: %s)", attempt, sec, last)
+			}
+		}
+		if !seen {
+			problem("did not take effect: %s was never seen SyncTarget in 3 attempts", sec)
+			break
+		}
+		r.killStale(ctx, &fr, prim, sec, "SyncTarget", watchStale, note, problem)
+		c.peer.Heal()
+		hold(f.Hold)
+		restart(prim)
+	case KillAfterOutdate:
+		fr.Node = prim
+		// The peer link cut under load: the Primary records the Secondary
+		// Outdated at the witness and answers writes the Secondary does
+		// not have; then it dies.
+		c.peer.Cut()
+		var pst *replication.Status
+		seen, last := r.waitFor(ctx, 30*time.Second, sec, func(st *replication.Status) bool {
+			if staleState(st) == "" {
+				return false
+			}
+			var err error
+			pst, err = c.status(prim)
+			return err == nil && !pst.Suspended && outOfSync(pst) > 0
+		})
+		if !seen {
+			problem("did not take effect: 30 s after the peer link was cut, %s is %s, and %s %s", sec, last, prim, primaryAhead(pst))
+			c.peer.Heal()
+			break
+		}
+		note("%s is %s; %s %s", sec, staleState(mustStatus(c, sec)), prim, primaryAhead(pst))
+		sleepCtx(ctx, f.Delay) // the Primary writes on
+		r.killStale(ctx, &fr, prim, sec, "Outdated", watchStale, note, problem)
+		hold(f.Hold)
+		c.peer.Heal()
+		restart(prim)
 	case StallKill:
 		fr.Node = prim
 		p, _, d := r.link("peer", "up")
@@ -680,6 +745,134 @@ func (r *runner) fault(ctx context.Context, f Fault) FaultResult {
 	}
 	fr.Problems = append(fr.Problems, r.check(ctx, &fr)...)
 	return fr
+}
+
+// resyncSlowdown is the peer link's delay per chunk (each way) while a
+// kill-during-resync restarts the Secondary: at most 32 KiB per chunk, so
+// the resync runs at a few MiB/s at most and is SyncTarget for seconds.
+const resyncSlowdown = 10 * time.Millisecond
+
+// killStale kills prim (kill -9) while sec is stale (want: what it was
+// seen as just before), and checks that sec still was stale with its
+// peer dead: then it is watched for the hold (watchStale). If it was not
+// (the resync ended first), the fault is a plain kill of the Primary and
+// the survivor is checked right after the failover, as for kill-node.
+func (r *runner) killStale(ctx context.Context, fr *FaultResult, prim, sec, want string, watchStale func(n, was string),
+	note, problem func(string, ...any)) {
+	if err := r.c.signal(prim, syscall.SIGKILL); err != nil {
+		problem("%v", err)
+		return
+	}
+	st, err := r.c.status(sec)
+	if err != nil {
+		problem("status of the survivor: %v", err)
+		return
+	}
+	if was := staleState(st); was != "" {
+		watchStale(sec, was)
+		note("%s killed while %s was %s (%s): watched, it must not promote itself", prim, sec, want, was)
+		return
+	}
+	note("did not take effect: %s was already UpToDate when %s died (a plain kill of the Primary)", sec, prim)
+	fr.Problems = append(fr.Problems, r.midCheck(ctx, fr, sec)...)
+}
+
+// waitFor polls node's status until ok says so (true) or timeout; it
+// returns the last state seen.
+func (r *runner) waitFor(ctx context.Context, timeout time.Duration, node string, ok func(*replication.Status) bool) (bool, string) {
+	deadline := time.Now().Add(timeout)
+	last := "no status"
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		st, err := r.c.status(node)
+		if err == nil {
+			last = st.Role + "/" + st.Devices[0].DiskState + "/" + replState(st)
+			if st.WitnessOutdated {
+				last += " (witness-outdated)"
+			}
+			if ok(st) {
+				return true, last
+			}
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false, last
+}
+
+func mustStatus(c *cluster, n string) *replication.Status {
+	st, _ := c.status(n)
+	return st
+}
+
+// replState is the replication state towards the peer ("": no connection).
+func replState(st *replication.Status) string {
+	if st == nil || len(st.Connections) != 1 || len(st.Connections[0].PeerDevices) != 1 {
+		return ""
+	}
+	if cs := st.Connections[0].ConnectionState; cs != "Connected" {
+		return cs
+	}
+	return st.Connections[0].PeerDevices[0].ReplicationState
+}
+
+// outOfSync is what a node knows its peer lacks (KiB).
+func outOfSync(st *replication.Status) int64 {
+	if st == nil || len(st.Connections) != 1 || len(st.Connections[0].PeerDevices) != 1 {
+		return 0
+	}
+	return st.Connections[0].PeerDevices[0].OutOfSync
+}
+
+func primaryAhead(st *replication.Status) string {
+	if st == nil {
+		return "gave no status"
+	}
+	s := fmt.Sprintf("has %d KiB its peer lacks", outOfSync(st))
+	if st.Suspended {
+		s += ", suspended (" + st.SuspendedReason + ")"
+	}
+	return s
+}
+
+// staleState says why a node's status makes its data possibly stale: its
+// disk is neither UpToDate nor Consistent (Outdated, Inconsistent, ...),
+// or the witness records it Outdated. "": not stale, or no status
+// (nothing known). Consistent is a Secondary that was UpToDate when it
+// lost its peer: it may promote with the witness's grant (the witness
+// refuses it once the Primary recorded it Outdated there). A stale node
+// must never promote itself (invariant 6).
+func staleState(st *replication.Status) string {
+	if st == nil || len(st.Devices) == 0 {
+		return ""
+	}
+	d := st.Devices[0].DiskState
+	bad := d != "UpToDate" && d != "Consistent"
+	switch {
+	case bad && st.WitnessOutdated:
+		return d + ", witness-outdated"
+	case bad:
+		return d
+	case st.WitnessOutdated:
+		return d + " but witness-outdated"
+	}
+	return ""
+}
+
+// staleWatch is a stale survivor watched while its peer is dead.
+type staleWatch struct {
+	node, was string // the node and its stale state (staleState)
+	promoted  bool
+}
+
+// observe is the problem when st (the watched node's status) shows it
+// Primary: said once; "" otherwise (also for no status).
+func (w *staleWatch) observe(st *replication.Status) string {
+	if w.promoted || st == nil || st.Role != "Primary" {
+		return ""
+	}
+	w.promoted = true
+	return fmt.Sprintf("stale node promoted: %s was %s while its peer was dead, and became Primary", w.node, w.was)
 }
 
 // midCheck runs right after the Primary died: it pauses the load, waits

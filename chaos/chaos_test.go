@@ -267,6 +267,9 @@ var scenarios = []scenario{
 		[]string{"disk-write-error primary hold=3.161s", "disk-write-error secondary hold=2.667s"}},
 	{"power-fail", 10, []string{PowerFail},
 		[]string{"power-fail primary delay=449ms hold=2.158s", "power-fail secondary delay=509ms hold=2.54s"}},
+	{"kill-during-resync", 1, []string{KillDuringResync}, []string{"kill-during-resync primary delay=2.314s hold=9.553s"}},
+	{"kill-after-outdate", 1, []string{KillAfterOutdate},
+		[]string{"kill-after-outdate primary delay=1.486s hold=9.553s", "kill-after-outdate primary delay=1.096s hold=9.05s"}},
 	{"kill-then-meta-cut", 183, []string{KillNode, PartitionMeta},
 		[]string{"kill-node primary hold=1.311s", "partition-meta peer dir=both hold=3.608s"}},
 	{"witness-then-stall-kill", 73, []string{KillWitness, PartitionWitness, StallKill},
@@ -339,16 +342,25 @@ func TestChaosScenarios(t *testing.T) {
 			require.NoError(t, err)
 			require.True(t, rep.OK())
 			require.Len(t, rep.Faults, len(sc.want))
+			watched := 0
 			for i, fr := range rep.Faults {
 				require.Equal(t, sc.want[i], fr.Fault.String())
-				// The disk faults took effect.
+				if fr.Stale != "" {
+					watched++
+				}
+				// The disk faults and the stale kills took effect.
 				switch fr.Kind {
 				case PowerFail:
 					require.Positive(t, fr.Reverted, "fault #%d: the power failure dropped unflushed writes", fr.N)
 				case DiskWriteError:
 					require.True(t, fr.Diskless, "fault #%d: the failed disk was detached", fr.N)
+				case KillDuringResync:
+					require.Contains(t, fr.Stale, "Inconsistent", "fault #%d: the Primary died while the survivor was SyncTarget", fr.N)
+				case KillAfterOutdate:
+					require.Contains(t, fr.Stale, "Outdated", "fault #%d: the Primary died after the survivor was outdated", fr.N)
 				}
 			}
+			require.Equal(t, watched, rep.Checks[PropNoStale], "every stale survivor watched is counted")
 			require.NotNil(t, rep.Final)
 			require.Positive(t, rep.Final.Answered)
 			require.Positive(t, rep.Final.FUAWrites)
@@ -381,6 +393,62 @@ func TestChaosCatchesProtocolALoss(t *testing.T) {
 	require.True(t, strings.Contains(rep.Problems[0], "lost"), rep.Problems)
 	_, statErr := os.Stat(filepath.Join(dir, "alpha.log"))
 	require.NoError(t, statErr, "the logs are kept")
+}
+
+// The stale-promotion check's decision: which survivor is stale, and
+// that a watched stale survivor seen Primary is a problem (once).
+func TestStalePromotionCheck(t *testing.T) {
+	st := func(role, disk string, witnessOutdated bool) *replication.Status {
+		return &replication.Status{Role: role, WitnessOutdated: witnessOutdated,
+			Devices: []replication.DeviceStatus{{DiskState: disk}}}
+	}
+	for _, tc := range []struct {
+		st   *replication.Status
+		want string
+	}{
+		{st("Secondary", "UpToDate", false), ""},
+		{st("Secondary", "Consistent", false), ""}, // UpToDate when it lost its peer: the witness decides
+		{nil, ""}, // nothing known
+		{st("Secondary", "Outdated", false), "Outdated"},
+		{st("Secondary", "Inconsistent", false), "Inconsistent"},
+		{st("Secondary", "Outdated", true), "Outdated, witness-outdated"},
+		{st("Secondary", "UpToDate", true), "UpToDate but witness-outdated"},
+		{st("Secondary", "Consistent", true), "Consistent but witness-outdated"},
+		{st("Secondary", "Diskless", false), "Diskless"},
+	} {
+		require.Equal(t, tc.want, staleState(tc.st), "%+v", tc.st)
+	}
+
+	w := &staleWatch{node: "beta", was: "Inconsistent"}
+	require.Empty(t, w.observe(nil), "no status: nothing seen")
+	require.Empty(t, w.observe(st("Secondary", "Inconsistent", false)), "a stale node that stays Secondary is fine")
+	require.Empty(t, w.observe(st("Secondary", "Outdated", true)))
+	p := w.observe(st("Primary", "UpToDate", false))
+	require.Contains(t, p, "stale node promoted")
+	require.Contains(t, p, "beta was Inconsistent")
+	require.Empty(t, w.observe(st("Primary", "UpToDate", false)), "said once")
+}
+
+// The harness catches a stale promotion: with the daemons' hidden
+// --test-only-promote-stale, automatic promotion ignores the node's own
+// Inconsistent state, so the SyncTarget survivor of kill-during-resync
+// promotes itself once the dead Primary's lease expired (6.25 s; the hold
+// is 11.9 s), and the run must fail with "stale node promoted". (The
+// pair does not converge after that: a short settle timeout.)
+func TestChaosCatchesStalePromotion(t *testing.T) {
+	skipShort(t)
+	var out bytes.Buffer
+	dir := t.TempDir()
+	rep, err := Run(context.Background(), Config{Binary: twinbdBin, Seed: 9, Faults: 1, Kinds: []string{KillDuringResync},
+		Dir: dir, Out: &out, SettleTimeout: 10 * time.Second, daemonArgs: []string{"--test-only-promote-stale"}})
+	t.Log("\n" + out.String())
+	require.ErrorIs(t, err, ErrFailed)
+	require.False(t, rep.OK())
+	require.Len(t, rep.Faults, 1)
+	require.Contains(t, rep.Faults[0].Stale, "Inconsistent", "the survivor was SyncTarget when the Primary died")
+	require.Equal(t, 1, rep.Checks[PropNoStale])
+	require.Contains(t, out.String(), "stale node promoted")
+	require.Contains(t, rep.Problems[0], "stale node promoted")
 }
 
 func TestScenarioSeeds(t *testing.T) {

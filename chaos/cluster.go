@@ -45,6 +45,8 @@ type cluster struct {
 	witness  string // the witness's real address
 	peer     *Proxy // alpha → beta's address
 	wlink    map[string]*Proxy
+	// daemonArgs are extra daemon flags (Config.daemonArgs).
+	daemonArgs []string
 
 	mu      sync.Mutex
 	procs   map[string]*proc
@@ -248,7 +250,8 @@ func (c *cluster) start(name string, args ...string) error {
 // startDaemon starts node's daemon (with fault injection: `debug
 // disk-fault` works) and waits for its control socket.
 func (c *cluster) startDaemon(node string) error {
-	if err := c.start(node, c.args(node, "daemon", "--log-level", "info", "--fault-injection")...); err != nil {
+	args := append(c.args(node, "daemon", "--log-level", "info", "--fault-injection"), c.daemonArgs...)
+	if err := c.start(node, args...); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(10 * time.Second)

@@ -24,11 +24,21 @@ const (
 	StallKill        = "stall-kill"        // the Primary's replication stream stalls, then kill -9 of the Primary
 	DiskWriteError   = "disk-write-error"  // a node's disk fails writes (EIO); after Hold a new disk is attached
 	PowerFail        = "power-fail"        // a node loses power: unflushed writes dropped, daemon gone; restart after Hold
+	// KillDuringResync: the Secondary falls behind (kill -9, Delay of load,
+	// restart over a slowed peer link), and while it is SyncTarget
+	// (Inconsistent) the Primary is killed; the survivor is watched for
+	// Hold (it must not promote), then the Primary restarts.
+	KillDuringResync = "kill-during-resync"
+	// KillAfterOutdate: the peer link is cut under load until the
+	// Secondary is Outdated and the Primary has answered writes it does
+	// not have, Delay more of load, then kill -9 of the Primary; the
+	// Outdated survivor is watched for Hold, then heal and restart.
+	KillAfterOutdate = "kill-after-outdate"
 )
 
 // AllKinds are the kinds a schedule draws from by default.
 var AllKinds = []string{KillNode, KillWitness, StopNode, PartitionPeer, PartitionData, PartitionMeta, PartitionWitness,
-	DelayLink, LossLink, Switchover, StallKill, DiskWriteError, PowerFail}
+	DelayLink, LossLink, Switchover, StallKill, DiskWriteError, PowerFail, KillDuringResync, KillAfterOutdate}
 
 // Fault is one entry of a schedule.
 type Fault struct {
@@ -43,7 +53,9 @@ type Fault struct {
 	Load time.Duration `json:"load_ns"` // write load before the fault starts
 	Hold time.Duration `json:"hold_ns"` // how long the fault is held before it is healed
 	// Delay: a delay fault's delay per chunk; power-fail's window without
-	// FLUSH or FUA before the power goes (so it has something to drop).
+	// FLUSH or FUA before the power goes (so it has something to drop);
+	// kill-during-resync's time the Secondary is down under load;
+	// kill-after-outdate's load after the Secondary is Outdated.
 	Delay time.Duration `json:"delay_ns,omitempty"`
 	Loss  float64       `json:"loss,omitempty"`
 }
@@ -101,6 +113,12 @@ func Schedule(seed uint64, n int, kinds []string) []Fault {
 			f.Target, f.Hold = "primary", ms(0, 1000)
 		case StallKill:
 			f.Target, f.Hold = "primary", ms(200, 400)
+		case KillDuringResync:
+			// Hold: past the survivor's lease (ping-int + ping-timeout +
+			// margin, 6.25 s), when an auto-failover would promote it.
+			f.Target, f.Hold, f.Delay = "primary", ms(8000, 12000), ms(1000, 3000)
+		case KillAfterOutdate:
+			f.Target, f.Hold, f.Delay = "primary", ms(8000, 12000), ms(500, 2000)
 		}
 		out = append(out, f)
 	}

@@ -30,6 +30,10 @@ type Options struct {
 	// FaultInjection wraps every backing disk in a fault injector that
 	// `debug disk-fault` controls (tests and the chaos harness only).
 	FaultInjection bool
+	// TestOnlyPromoteStale lets a stale node promote itself automatically
+	// (replication.Options.TestOnlyPromoteStale): the chaos harness's
+	// proof that it catches that. Tests only.
+	TestOnlyPromoteStale bool
 }
 
 // Daemon is one node's daemon.
@@ -397,10 +401,11 @@ func (d *Daemon) up(name string) Response {
 		var self atomic.Pointer[replication.Resource]
 		r, err := replication.Up(replication.Options{
 			Res: rc, Node: d.opts.Node, Logger: d.log,
-			Handler:        d.handlerFor(rc, &self),
-			FencePeer:      d.fencePeerFor(rc, &self),
-			Services:       d.servicesFor(rc),
-			FaultInjection: d.opts.FaultInjection,
+			Handler:              d.handlerFor(rc, &self),
+			FencePeer:            d.fencePeerFor(rc, &self),
+			Services:             d.servicesFor(rc),
+			FaultInjection:       d.opts.FaultInjection,
+			TestOnlyPromoteStale: d.opts.TestOnlyPromoteStale,
 		})
 		if err != nil {
 			return Response{Code: codeFor(err), Error: fmt.Sprintf("%s: %v", rc.Name, err)}

@@ -483,10 +483,11 @@ func (r *Resource) runAutoFailover(ctx context.Context) {
 			announced = false
 			continue
 		}
+		stale := r.testOnlyStale // tests only: promote stale data too (Options.TestOnlyPromoteStale)
 		r.mu.Lock()
-		ok := r.role == RoleSecondary && !r.down && (r.disk == DiskConsistent || r.disk == DiskUpToDate)
+		ok := r.role == RoleSecondary && !r.down && (stale || r.disk == DiskConsistent || r.disk == DiskUpToDate)
 		r.mu.Unlock()
-		if !ok || r.fo.outdatedHere.Load() {
+		if !ok || (r.fo.outdatedHere.Load() && !stale) {
 			continue
 		}
 		if time.Duration(r.stamp()-r.fo.lastPing.Load()) < r.leaseLen()+leaseMargin {
@@ -521,7 +522,7 @@ func (r *Resource) runAutoFailover(ctx context.Context) {
 			announced = true
 		}
 		start := time.Now()
-		if err := r.promote(ctx, false, true); err != nil {
+		if err := r.promote(ctx, stale, true); err != nil {
 			note(err.Error())
 			continue
 		}

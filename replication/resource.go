@@ -55,6 +55,10 @@ type Options struct {
 	// FaultInjection wraps the backing disk in a device.Faulty that
 	// DiskFault and PowerFail control (tests, `twinbd debug disk-fault`).
 	FaultInjection bool
+	// TestOnlyPromoteStale breaks invariant 6 on purpose: automatic
+	// promotion ignores this node's own Outdated/Inconsistent state (the
+	// chaos harness's proof that it catches a stale promotion). Tests only.
+	TestOnlyPromoteStale bool
 }
 
 // Services is what runs on top of the device while this node is Primary.
@@ -123,6 +127,7 @@ type Resource struct {
 	fencePeerHook func(ctx context.Context, command string) (int, error)
 	services      Services
 	bg            sync.WaitGroup // witness and auto-failover loops
+	testOnlyStale bool           // Options.TestOnlyPromoteStale
 
 	stopPeer context.CancelFunc
 	peerDone chan struct{}
@@ -207,6 +212,7 @@ func Up(opts Options) (*Resource, error) {
 	r.handle = opts.Handler
 	r.fencePeerHook = opts.FencePeer
 	r.services = opts.Services
+	r.testOnlyStale = opts.TestOnlyPromoteStale
 	r.fo.epoch = time.Now()
 	r.fo.renewNow = make(chan struct{}, 1)
 	resumed := make(chan struct{})

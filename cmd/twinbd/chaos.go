@@ -88,15 +88,19 @@ a node, partitions of a link in one direction or both (the peer link
 whole, or only its data or its meta connection), delay and loss on a link,
 a planned switchover under load, a stalled replication stream followed
 by kill -9 of the Primary, a node's disk failing writes (then replaced and
-attached), and a node losing power (its disk drops every unflushed write;
-the daemons run with --fault-injection for these two).
+attached), a node losing power (its disk drops every unflushed write;
+the daemons run with --fault-injection for these two), and kill -9 of the
+Primary while the Secondary is stale: in the middle of its resync
+(kill-during-resync) or once the witness records it Outdated
+(kill-after-outdate).
 
 After every fault, once the pair is connected, in sync and has one Primary,
 the load pauses and the harness checks: every acknowledged write is there
 (read back through the Primary), no read during the load went backwards,
 no old Primary answered a write issued after the new one answered (two
-writers), both backing files hold the same data, no node that was not
-UpToDate promoted itself while its peer was dead, and no daemon exited on
+writers), both backing files hold the same data, no stale node (Outdated,
+Inconsistent or witness-outdated) promoted itself while its peer was
+dead, and no daemon exited on
 its own. It prints one line per fault and a summary; the run stops at the
 first failure (--keep-going: runs on).
 

@@ -17,6 +17,7 @@ type daemonOpts struct {
 	logLevel string
 	metrics  string
 	faults   bool
+	stale    bool // --test-only-promote-stale
 }
 
 func newDaemonCmd(g *globalOpts) *cobra.Command {
@@ -34,11 +35,14 @@ SIGINT brings every resource down cleanly: demote, drain, flush.`,
 				return err
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			if o.stale {
+				log.Warn("--test-only-promote-stale: automatic promotion may promote stale data (invariant 6 broken on purpose; tests only)")
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return daemon.New(daemon.Options{
 				ConfigPath: g.config, Node: g.node, RunDir: g.runDir, Logger: log, Up: o.up, Metrics: o.metrics,
-				FaultInjection: o.faults,
+				FaultInjection: o.faults, TestOnlyPromoteStale: o.stale,
 			}).Run(ctx)
 		},
 	}
@@ -47,6 +51,8 @@ SIGINT brings every resource down cleanly: demote, drain, flush.`,
 	cmd.Flags().StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9942)")
 	cmd.Flags().BoolVar(&o.faults, "fault-injection", false, "let `twinbd debug disk-fault` fail the backing disks (tests only)")
 	cmd.Flags().MarkHidden("fault-injection")
+	cmd.Flags().BoolVar(&o.stale, "test-only-promote-stale", false, "BREAKS invariant 6: let automatic promotion promote Outdated or Inconsistent data (tests only: the chaos harness must catch it)")
+	cmd.Flags().MarkHidden("test-only-promote-stale")
 	return cmd
 }
 
