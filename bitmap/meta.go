@@ -273,6 +273,7 @@ func (m *Meta) Check(resource string, nodeID int, dataSize int64) error {
 func (m *Meta) ReadBitmap() (*Bitmap, error) {
 	m.bitmapMu.Lock() // never read half of a concurrent WriteBitmap
 	lay := m.lay
+	trimmed := m.Superblock().Flags&FlagBitmapTrimmed != 0
 	b, err := New(lay.DataSize, lay.Granularity)
 	if err != nil {
 		m.bitmapMu.Unlock()
@@ -283,6 +284,9 @@ func (m *Meta) ReadBitmap() (*Bitmap, error) {
 	m.bitmapMu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("bitmap: read bitmap at %d: %w", lay.BitmapOffset, err)
+	}
+	if trimmed {
+		maskTail(buf, lay.DataSize, lay.Granularity) // an interrupted Shrink (shrink.go)
 	}
 	if err := b.UnmarshalBinary(buf); err != nil {
 		return nil, fmt.Errorf("bitmap: read bitmap at %d: %w", lay.BitmapOffset, err)
