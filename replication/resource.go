@@ -142,6 +142,9 @@ type Resource struct {
 	handshaking   func() // aborts a handshake in progress
 
 	resizeMu sync.Mutex // one resize at a time (resize.go)
+	// shrinkTo is the size a shrink lowered the exported size to while
+	// this node's metadata still has the old one (shrink.go); 0: none.
+	shrinkTo atomic.Int64
 }
 
 // backing is the local disk: its data area, metadata and activity log.
