@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -590,4 +591,114 @@ func TestPairShrinkWriteWaitingForLock(t *testing.T) {
 	require.Equal(t, DiskUpToDate, p.a.DiskState())
 	require.NoError(t, p.a.WriteAt(block(n-4096, 2), n-4096, false))
 	p.sameData()
+}
+
+// An interruption at each step of a shrink leaves both nodes openable, the
+// sizes equal or the bigger node behind, and a clear path to finish:
+// `resize --size S --force` on the bigger node (the one the connect's
+// size-mismatch message names), then connect; the replicas end identical
+// over [0, S) and a restart keeps S.
+func TestPairShrinkInterrupted(t *testing.T) {
+	crashed := errors.New("injected")
+	for _, tc := range []struct {
+		name, step string
+		act        func(p *testPair, r *Resource) error
+		// after the resize: the sizes of a and b, and who finishes ("": nobody)
+		aShrunk, bShrunk bool
+		finish           string
+	}{
+		{name: "initiator-crash-after-lowering", step: "lowered",
+			act: func(p *testPair, r *Resource) error { r.abandon(); return crashed }},
+		{name: "initiator-crash-after-peer-shrank", step: "peer-shrank",
+			act:     func(p *testPair, r *Resource) error { r.abandon(); return crashed },
+			bShrunk: true, finish: "a"},
+		{name: "link-lost-before-the-peer-heard", step: "lowered",
+			act:     func(p *testPair, r *Resource) error { p.net.Partition("a:1", "b:1"); return nil },
+			aShrunk: true, finish: "b"},
+		{name: "initiator-commit-failed", step: "peer-shrank",
+			act: func(p *testPair, r *Resource) error {
+				r.sess.Load().fail(crashed)
+				return crashed
+			},
+			bShrunk: true, finish: "a"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPair(t, "")
+			require.NoError(t, p.a.Primary(true))
+			p.waitSynced(p.a)
+			rng := rand.New(rand.NewPCG(5, 9))
+			old := p.a.Size()
+			n := old - 6<<20
+			for i := range 64 {
+				require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), int64(i)*(old/64), false))
+			}
+			testShrinkStep = func(r *Resource, step string) error {
+				if step == tc.step {
+					return tc.act(p, r)
+				}
+				return nil
+			}
+			_, err := p.a.Resize(context.Background(), ResizeOptions{Size: n, Force: true})
+			testShrinkStep = nil
+			require.Error(t, err)
+			if tc.step == "lowered" && tc.aShrunk {
+				require.ErrorContains(t, err, fmt.Sprintf("run `twinbd resize r0 --size %d --force` on b", n))
+			}
+			if errors.Is(err, crashed) && p.a.down {
+				p.a = p.up("a") // the crashed initiator comes back
+			}
+			want := map[bool]int64{false: old, true: n}
+			require.Equal(t, want[tc.aShrunk], p.a.b().meta.Layout().DataSize, "a's metadata")
+			require.Equal(t, want[tc.bShrunk], p.b.b().meta.Layout().DataSize, "b's metadata")
+			p.net.Heal("a:1", "b:1")
+
+			if tc.finish != "" {
+				bigger, other := map[string]*Resource{"a": p.a, "b": p.b}[tc.finish], map[string]string{"a": "b", "b": "a"}[tc.finish]
+				var reason string
+				eventually(t, "size mismatch refused", func() bool {
+					for _, r := range []*Resource{p.a, p.b} {
+						if st := r.Status().Connections[0]; st.ConnectionState == "StandAlone" && strings.Contains(st.Reason, "size mismatch") {
+							reason = st.Reason
+						}
+					}
+					bigger.mu.Lock()
+					defer bigger.mu.Unlock()
+					return reason != "" && bigger.link.peerSize == n
+				})
+				require.Contains(t, reason, "size mismatch")
+				require.Contains(t, reason, fmt.Sprintf("run `twinbd resize r0 --size %d --force` on %s", n, tc.finish), reason)
+				_, err := bigger.Resize(context.Background(), ResizeOptions{})
+				require.ErrorIs(t, err, ErrShrink)
+				require.ErrorContains(t, err, "--force")
+				_, err = bigger.Resize(context.Background(), ResizeOptions{Size: n + 4096, Force: true})
+				require.ErrorContains(t, err, "can only shrink to that size")
+				res, err := bigger.Resize(context.Background(), ResizeOptions{Force: true})
+				require.NoError(t, err)
+				require.Equal(t, n, res.New)
+				require.Contains(t, res.Note, "finishing an interrupted shrink")
+				require.NoError(t, bigger.Connect(false))
+				require.NoError(t, map[string]*Resource{"a": p.a, "b": p.b}[other].Connect(false))
+				old = n
+			}
+			p.waitSynced(p.a)
+			eventually(t, "in sync", func() bool {
+				return p.a.ReplState() == ReplEstablished && p.b.DiskState() == DiskUpToDate && p.a.bm.Count() == 0
+			})
+			require.Equal(t, old, p.a.Size())
+			require.Equal(t, old, p.b.Size())
+			if p.a.Role() != RolePrimary {
+				require.NoError(t, p.a.Primary(false))
+			}
+			require.NoError(t, p.a.Flush())
+			p.sameData()
+
+			// A restart opens with the size both agreed on.
+			require.NoError(t, p.a.Down(true))
+			require.NoError(t, p.b.Down(true))
+			p.a, p.b = p.up("a"), p.up("b")
+			require.Equal(t, old, p.a.Size())
+			require.Equal(t, old, p.b.Size())
+			p.waitSynced(p.a)
+		})
+	}
 }
