@@ -702,3 +702,87 @@ func TestPairShrinkInterrupted(t *testing.T) {
 		})
 	}
 }
+
+// newExternalPair is newPair with external metadata (a 1 MiB metadata file
+// per node).
+func newExternalPair(t *testing.T, size int64) *testPair {
+	dir := t.TempDir()
+	p := &testPair{t: t, net: NewMemNetwork(1)}
+	p.imgA, p.imgB = filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
+	mdA, mdB := filepath.Join(dir, "a.md"), filepath.Join(dir, "b.md")
+	for f, sz := range map[string]int64{p.imgA: size, p.imgB: size, mdA: 1 << 20, mdB: 1 << 20} {
+		require.NoError(t, os.WriteFile(f, nil, 0o600))
+		require.NoError(t, os.Truncate(f, sz))
+	}
+	src := fmt.Sprintf(`resource r0 {
+  net { shared-secret "s3cret"; ping-int 1; connect-int 1; }
+  on a { node-id 0; address a:1; export %s; disk %s; meta-disk %s; }
+  on b { node-id 1; address b:1; export %s; disk %s; meta-disk %s; }
+}
+`, freeAddr(t), p.imgA, mdA, freeAddr(t), p.imgB, mdB)
+	cfg, err := config.Parse(filepath.Join(dir, "t.conf"), []byte(src))
+	require.NoError(t, err)
+	p.res, err = cfg.Resource("r0")
+	require.NoError(t, err)
+	for _, n := range []string{"a", "b"} {
+		_, err := createMetadata(p.res, n, false, nil)
+		require.NoError(t, err)
+	}
+	p.a, p.b = p.up("a"), p.up("b")
+	t.Cleanup(func() {
+		if p.a != nil {
+			p.a.Down(true)
+		}
+		if p.b != nil {
+			p.b.Down(true)
+		}
+	})
+	return p
+}
+
+// External metadata: the bitmap shrinks in place on the metadata device
+// (the data device keeps its size); a shrink under writes, then a restart
+// with S; then the data device's tail can go (truncate) and it still
+// comes up with S.
+func TestPairShrinkExternalMetadata(t *testing.T) {
+	p := newExternalPair(t, 64<<20)
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })
+	require.False(t, p.a.b().meta.Layout().Internal)
+	old := p.a.Size()
+	n := int64(20<<20 + 12<<10)
+	w := startWritersBelow(t, p.a, 3, 11, n)
+	time.Sleep(100 * time.Millisecond)
+	res, err := p.a.Resize(context.Background(), ResizeOptions{Size: n, Force: true})
+	require.NoError(t, err)
+	require.Equal(t, old, res.Old)
+	require.Equal(t, n, res.New)
+	time.Sleep(100 * time.Millisecond)
+	w.halt()
+	require.Zero(t, w.errs.Load())
+	require.NoError(t, p.a.Flush())
+	require.Equal(t, ReplEstablished, p.a.ReplState())
+	for _, r := range []*Resource{p.a, p.b} {
+		lay := r.b().meta.Layout()
+		require.Equal(t, n, lay.DataSize)
+		require.Equal(t, bitmap.MDSizeFor(n, 0), lay.MDSize, "the bitmap shrank")
+	}
+	p.sameData()
+	w.check()
+
+	require.NoError(t, p.a.Down(true))
+	require.NoError(t, p.b.Down(true))
+	for _, img := range []string{p.imgA, p.imgB} {
+		require.NoError(t, os.Truncate(img, n)) // the operator reclaims the tail
+	}
+	p.a, p.b = p.up("a"), p.up("b")
+	require.Equal(t, n, p.a.Size())
+	require.Equal(t, n, p.b.Size())
+	p.waitSynced(p.a)
+	require.Zero(t, p.a.bm.Count())
+	require.NoError(t, p.a.Primary(false))
+	w.r = p.a
+	w.check()
+	p.sameData()
+}

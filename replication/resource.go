@@ -437,7 +437,7 @@ func metaHint(res string, host *config.Host, err error) string {
 	case errors.Is(err, bitmap.ErrCorrupt):
 		return fmt.Sprintf("metadata on %s is corrupt: restore it, or run `twinbd create-md --force %s` (its data generation is forgotten and a full sync follows)", host.Disk, res)
 	case errors.Is(err, bitmap.ErrWrongSize):
-		return fmt.Sprintf("metadata on %s does not match this device or the resource file (a device smaller than the metadata says: restore its size, twinbd never shrinks one; or a changed bitmap-granularity)", host.Disk)
+		return fmt.Sprintf("metadata on %s does not match this device or the resource file (a device smaller than the metadata says: restore its size (twinbd never shrinks a backing device: `resize --size S --force` shrinks the replicated device, its metadata stays where it is); or a changed bitmap-granularity)", host.Disk)
 	}
 	return fmt.Sprintf("cannot read metadata on %s", host.Disk)
 }
