@@ -172,7 +172,7 @@ func Open(md device.Device, lay Layout) (*Meta, error) {
 // matchLayout reports ErrWrongSize unless sb describes lay.
 func matchLayout(sb Superblock, lay Layout) error {
 	if sb.DataSize != lay.DataSize {
-		return fmt.Errorf("%w: metadata is for a device of %d bytes but the backing device now gives %d; restore the device's size (twinbd grows a device online with `twinbd resize`, it never shrinks one), or run create-md (with --force to overwrite)",
+		return fmt.Errorf("%w: metadata is for a device of %d bytes but the backing device now gives %d; restore the device's size (twinbd grows a device online with `twinbd resize`; it never shrinks a backing device, and a shrunk replicated device keeps its metadata at the old end), or run create-md (with --force to overwrite)",
 			ErrWrongSize, sb.DataSize, lay.DataSize)
 	}
 	if sb.MDOffset != lay.MDOffset || sb.MDSize != lay.MDSize ||
