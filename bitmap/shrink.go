@@ -250,7 +250,8 @@ func (b *Bitmap) shrink(dataSize int64) {
 	}
 	b.dataSize = dataSize
 	b.nbits = bitmapBits(dataSize, b.granularity)
-	b.words = b.words[:(b.nbits+63)/64 : (b.nbits+63)/64]
+	n := (b.nbits + 63) / 64
+	b.words = b.words[:n:n]
 	if tail := b.nbits % 64; tail != 0 {
 		b.words[len(b.words)-1] &= 1<<uint(tail) - 1
 	}

@@ -64,7 +64,7 @@ package replication
 // the old size (logged as backing-size at up) and grow again while up.
 //
 // # Shrinking a connected pair
-
+//
 // `twinbd resize R --size S --force` with S below the current size (the
 // operator has shrunk the filesystem on top first; without --force the
 // refusal says so). Same preconditions as a grow: run on the Primary, or on
@@ -127,7 +127,7 @@ package replication
 // S, nothing to resync beyond the usual bitmaps. An NBD connection keeps
 // the size it got at its handshake; a kernel nbd client picks up S by
 // reconnecting (nbd-client -d, then attach again).
-
+//
 // # Mid-session resync
 //
 // startSyncSourceRange marks a range out of sync here (durably) and sends
