@@ -287,13 +287,13 @@ func (a *ActivityLog) resetForShrink() error {
 		return err
 	}
 	keep := int64((tr - 1) % uint64(a.slots))
-	zero := make([]byte, BlockSize)
-	for s := range a.slots {
-		if s == keep {
+	// The slots before and after the kept one, one write each.
+	for _, r := range [][2]int64{{0, keep}, {keep + 1, a.slots}} {
+		if r[1] <= r[0] {
 			continue
 		}
-		if _, err := a.md.WriteAt(zero, a.lay.ALOffset+s*BlockSize); err != nil {
-			return fmt.Errorf("zero slot %d: %w", s, err)
+		if _, err := a.md.WriteAt(make([]byte, (r[1]-r[0])*BlockSize), a.lay.ALOffset+r[0]*BlockSize); err != nil {
+			return fmt.Errorf("zero slots %d to %d: %w", r[0], r[1]-1, err)
 		}
 	}
 	return a.md.Flush()

@@ -86,10 +86,10 @@ func shrinkCrashTest(t *testing.T, rec *growRec, lay, devLay Layout, n int64) {
 // Internal metadata stays at the end of the unchanged device; the bitmap
 // area's start moves up into what was the old area.
 func TestShrinkInternalCrashAtEveryStep(t *testing.T) {
-	rec := newGrowRec(64 * mib)
-	lay, err := InternalLayout(64*mib, 0)
+	rec := newGrowRec(16 * mib)
+	lay, err := InternalLayout(16*mib, 0)
 	require.NoError(t, err)
-	shrinkCrashTest(t, rec, lay, lay, 40*mib+12<<10) // the new end mid-word
+	shrinkCrashTest(t, rec, lay, lay, 10*mib+12<<10) // the new end mid-word
 }
 
 // External metadata shrinks in place: the bitmap area's end moves down.
