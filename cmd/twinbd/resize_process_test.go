@@ -287,14 +287,19 @@ func TestPairShrinkUnderLoad(t *testing.T) {
 	require.ErrorIs(t, err, syscall.ENOSPC)
 	_, err = c.ReadAt(make([]byte, blk), n)
 	require.ErrorIs(t, err, syscall.EINVAL)
-	_, err = c.WriteAt(makeBlock(n-blk, 3), n-blk)
-	require.NoError(t, err)
 	info := strings.TrimSpace(sh(t, "nbdinfo", "--size", uri))
 	require.Equal(t, fmt.Sprint(n), info)
 	c2 := p.dial("alpha")
 	defer c2.Close()
 	require.Equal(t, int64(n), c2.Size())
 	load.halt(t)
+	// The old connection still works below S (the load's blocks are
+	// its own until it stopped).
+	_, err = c.WriteAt(makeBlock(n-blk, 1<<40), n-blk)
+	require.NoError(t, err)
+	load.mu.Lock()
+	load.last[n-blk] = 1 << 40
+	load.mu.Unlock()
 	require.NoError(t, c.Flush())
 	load.check(t, c2)
 	p.requireInSync()
