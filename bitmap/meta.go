@@ -172,7 +172,7 @@ func Open(md device.Device, lay Layout) (*Meta, error) {
 // matchLayout reports ErrWrongSize unless sb describes lay.
 func matchLayout(sb Superblock, lay Layout) error {
 	if sb.DataSize != lay.DataSize {
-		return fmt.Errorf("%w: metadata is for a device of %d bytes but the backing device now gives %d; restore the device's size (twinbd grows a device online with `twinbd resize`, it never shrinks one), or run create-md (with --force to overwrite)",
+		return fmt.Errorf("%w: metadata is for a device of %d bytes but the backing device now gives %d; restore the device's size (twinbd grows a device online with `twinbd resize`; it never shrinks a backing device, and a shrunk replicated device keeps its metadata at the old end), or run create-md (with --force to overwrite)",
 			ErrWrongSize, sb.DataSize, lay.DataSize)
 	}
 	if sb.MDOffset != lay.MDOffset || sb.MDSize != lay.MDSize ||
@@ -273,6 +273,7 @@ func (m *Meta) Check(resource string, nodeID int, dataSize int64) error {
 func (m *Meta) ReadBitmap() (*Bitmap, error) {
 	m.bitmapMu.Lock() // never read half of a concurrent WriteBitmap
 	lay := m.lay
+	trimmed := m.Superblock().Flags&FlagBitmapTrimmed != 0
 	b, err := New(lay.DataSize, lay.Granularity)
 	if err != nil {
 		m.bitmapMu.Unlock()
@@ -283,6 +284,9 @@ func (m *Meta) ReadBitmap() (*Bitmap, error) {
 	m.bitmapMu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("bitmap: read bitmap at %d: %w", lay.BitmapOffset, err)
+	}
+	if trimmed {
+		maskTail(buf, lay.DataSize, lay.Granularity) // an interrupted Shrink (shrink.go)
 	}
 	if err := b.UnmarshalBinary(buf); err != nil {
 		return nil, fmt.Errorf("bitmap: read bitmap at %d: %w", lay.BitmapOffset, err)

@@ -68,12 +68,17 @@ const (
 	// FlagFullSyncNeeded: a full sync is needed (set by create-md with
 	// data on the peer, or invalidate).
 	FlagFullSyncNeeded
+	// FlagBitmapTrimmed: a Shrink is (or was) under way, so the bitmap
+	// area may hold set bits past the data size and non-zero padding:
+	// ReadBitmap drops them instead of reporting ErrCorrupt
+	// (bitmap/shrink.go). Cleared by the Shrink's last step.
+	FlagBitmapTrimmed
 
 	allFlags = FlagConsistent | FlagWasUpToDate | FlagPrimaryInd | FlagCrashedPrimary |
-		FlagALClean | FlagOutdated | FlagFullSyncNeeded
+		FlagALClean | FlagOutdated | FlagFullSyncNeeded | FlagBitmapTrimmed
 )
 
-var flagNames = []string{"Consistent", "WasUpToDate", "PrimaryInd", "CrashedPrimary", "ALClean", "Outdated", "FullSyncNeeded"}
+var flagNames = []string{"Consistent", "WasUpToDate", "PrimaryInd", "CrashedPrimary", "ALClean", "Outdated", "FullSyncNeeded", "BitmapTrimmed"}
 
 // String lists the set flags, "Consistent|ALClean", or "0".
 func (f Flags) String() string {

@@ -8,9 +8,10 @@ import (
 	"github.com/twinbd/twinbd/replication"
 )
 
-// resize serves `resize`: each named resource grows on both nodes
-// (replication.Resize), and the answer says what happened and what
-// follows (a resync, a reconnect of NBD clients).
+// resize serves `resize`: each named resource grows on both nodes, or
+// with a smaller --size and --force shrinks on both (replication.Resize),
+// and the answer says what happened and what follows (a resync, a
+// reconnect of NBD clients).
 func (d *Daemon) resize(ctx context.Context, req Request) Response {
 	// The file as it is now: a raised `disk { size }` counts at once (it
 	// caps what the next up exports), without a down and up.
@@ -37,7 +38,11 @@ func resizeReport(r *replication.Resource, res replication.ResizeResult) string 
 	if res.New == res.Old {
 		return fmt.Sprintf("%s: %s\n", name, res.Note)
 	}
-	out := fmt.Sprintf("%s: grown from %d KiB to %d KiB", name, res.Old/1024, res.New/1024)
+	verb := "grown"
+	if res.New < res.Old {
+		verb = "shrunk"
+	}
+	out := fmt.Sprintf("%s: %s from %d KiB to %d KiB", name, verb, res.Old/1024, res.New/1024)
 	switch {
 	case res.Note != "":
 		out += "; " + res.Note
@@ -46,7 +51,11 @@ func resizeReport(r *replication.Resource, res replication.ResizeResult) string 
 	}
 	out += ".\n"
 	if r.ExportAddr() != "" {
-		out += fmt.Sprintf("%s: NBD clients connected now keep the old size; a new connection (nbdinfo, or nbd-client after `nbd-client -d`) sees the new one.\n", name)
+		if res.New < res.Old {
+			out += fmt.Sprintf("%s: NBD clients connected now keep the old size, and their requests past the new end get an error (EINVAL for a read, ENOSPC for a write); a new connection (nbdinfo, or nbd-client after `nbd-client -d`) sees the new one.\n", name)
+		} else {
+			out += fmt.Sprintf("%s: NBD clients connected now keep the old size; a new connection (nbdinfo, or nbd-client after `nbd-client -d`) sees the new one.\n", name)
+		}
 	}
 	return out
 }

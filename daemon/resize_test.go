@@ -114,6 +114,9 @@ func TestResizeVerbStandalone(t *testing.T) {
 	resp = call(Request{Verb: "resize", Resource: "r0", Size: 8 << 20})
 	require.Equal(t, CodeFailed, resp.Code)
 	require.Contains(t, resp.Error, "r0: refusing to shrink r0 from 12582912 to 8388608 bytes")
+	resp = call(Request{Verb: "resize", Resource: "r0", Size: 8 << 20, Force: true})
+	require.Equal(t, CodeFailed, resp.Code, "the resource file's size 12M")
+	require.Contains(t, resp.Error, "the resource file sets `size 12582912`")
 
 	// Grown again, the cap still there: it is the limit, and says so.
 	require.NoError(t, os.Truncate(img, 24<<20))
@@ -128,4 +131,22 @@ func TestResizeVerbStandalone(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, lay24.DataSize, size())
 	require.Equal(t, float64(lay24.DataSize), metric())
+
+	// Shrinking: refused without --force, with what to do; a `disk {
+	// size }` that does not match is refused; forced, status and the
+	// metric show the new size.
+	resp = call(Request{Verb: "resize", Resource: "r0", Size: 8 << 20})
+	require.Equal(t, CodeFailed, resp.Code)
+	require.Contains(t, resp.Error, "First shrink the filesystem")
+	require.Contains(t, resp.Error, "`twinbd resize r0 --size 8388608 --force`")
+	writeConf("disk { size 12M; }")
+	resp = call(Request{Verb: "resize", Resource: "r0", Size: 8 << 20, Force: true})
+	require.Equal(t, CodeFailed, resp.Code)
+	require.Contains(t, resp.Error, "set it to 8388608 (or remove it)")
+	writeConf("")
+	resp = call(Request{Verb: "resize", Resource: "r0", Size: 8 << 20, Force: true})
+	require.Equal(t, CodeOK, resp.Code, resp.Error)
+	require.Equal(t, fmt.Sprintf("r0: shrunk from %d KiB to %d KiB.\nr0: NBD clients connected now keep the old size, and their requests past the new end get an error (EINVAL for a read, ENOSPC for a write); a new connection (nbdinfo, or nbd-client after `nbd-client -d`) sees the new one.\n", lay24.DataSize/1024, 8<<10), resp.Output)
+	require.Equal(t, int64(8<<20), size())
+	require.Equal(t, float64(8<<20), metric())
 }

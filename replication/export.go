@@ -158,6 +158,11 @@ func (r *Resource) replicate(off, length int64, fua bool, msg func(seq uint64) M
 	}
 	unlock := r.lock.Lock(off, length)
 	defer func() { unlock() }() // replicatePeerOnly may take it again
+	// Again under the range lock: a shrink (shrink.go) may have lowered
+	// the size while this request waited for it.
+	if err := device.CheckRange(r.size.Load(), off, length); err != nil {
+		return err
+	}
 	if r.detached.Load() {
 		return r.replicatePeerOnly(off, length, fua, msg, &unlock)
 	}

@@ -14,9 +14,8 @@ package replication
 //     and where its internal metadata lies. Nothing changes yet.
 //  2. The new size n is --size, or the smaller capacity (capped by the
 //     `disk { size }` the initiator's resource file sets now, since every
-//     `up` exports no more than that). Smaller than now is refused
-//     (shrinking is not implemented, --force or not); equal is nothing to
-//     do.
+//     `up` exports no more than that). Smaller than now is a shrink (below);
+//     equal is nothing to do.
 //  3. Commit on the peer: a Resize{n, marks} on the data channel, after
 //     every write sent before it. The peer applies it under a whole-device
 //     range lock, so after every earlier write and before every later one:
@@ -64,6 +63,71 @@ package replication
 // no longer at the end): up refuses with a message that says to restore
 // the old size (logged as backing-size at up) and grow again while up.
 //
+// # Shrinking a connected pair
+//
+// `twinbd resize R --size S --force` with S below the current size (the
+// operator has shrunk the filesystem on top first; without --force the
+// refusal says so). Same preconditions as a grow: run on the Primary, or on
+// either node when both are Secondary; Established; UpToDate here. The
+// order is the grow's reversed in spirit: a grow must not let a write past
+// the old end reach a peer that has not grown, so the peer grows first; a
+// shrink must not let a write past S reach a peer that has already dropped
+// that range, so the initiator stops serving past S first:
+//
+//  1. Probe, as for a grow (the sizes must still match).
+//  2. The initiator takes its whole-device range lock (every write it
+//     answered or sent is done; no other starts) and lowers its exported
+//     size to S. Requests past S now get the NBD error the range check
+//     gives (EINVAL for a read, ENOSPC for a write, trim or write-zeroes;
+//     the connection stays); a write that passed the check before and
+//     waited for its range lock is checked again under it (replicate), so
+//     no write past S is issued or sent from here on. The lock is held to
+//     the end: the resize stalls I/O for two metadata commits and a round
+//     trip.
+//  3. Resize{S, ResizeShrink} on the data channel, after every write sent
+//     before it. The peer applies it under its whole-device range lock:
+//     bitmap.Meta.Shrink (durable, crash-safe: the bits past S are dropped,
+//     the activity log is emptied so that it names no extent past S), then
+//     its exported size. It answers.
+//  4. The initiator commits its own metadata shrink, the same way.
+//
+// Neither node marks anything: [0, S) is identical on both before and
+// after. The data window keeps its old bounds until the next `up` (a read
+// that passed the range check before step 2 still completes); internal
+// metadata stays at the end of the backing device (bitmap/shrink.go), so a
+// shrunk internal-metadata device keeps its size and the space between S
+// and the metadata is unused until create-md on a smaller device (DRBD
+// shrinks online only with external metadata).
+//
+// What an interruption leaves (each node's metadata shrink is crash-safe
+// on its own: a crash opens with the old or the new size):
+//
+//   - Before step 3 reaches the peer (the initiator crashes, or the link
+//     breaks before the Resize is sent): nothing changed durably on either
+//     node. A crashed initiator comes back with the old size, which the
+//     peer still has; run the resize again. An initiator whose link broke
+//     cannot know whether the peer shrank, so it goes on with step 4 (the
+//     operator forced the shrink and nothing is served past S already);
+//     the peer keeps the old size.
+//   - The peer shrank, the initiator did not (crash, or its commit
+//     failed): the peer has S, the initiator the old size; a live
+//     initiator keeps serving at most S and refuses to connect until it
+//     has finished.
+//   - A refusal by the peer (its commit failed before its own commit
+//     point): nothing changed; the initiator raises its exported size
+//     again and reports why.
+//
+// So an interrupted shrink leaves the two nodes either equal (old or S) or
+// the bigger one behind, never the other way round, and it always goes
+// forward: the next connect refuses with "size mismatch", whose message
+// names both finishes (an interrupted grow is finished on the smaller node,
+// an interrupted shrink on the bigger), and `twinbd resize R --size S
+// --force` on the bigger node, though disconnected, shrinks it to exactly
+// the peer's size (recorded at that handshake). Then `connect`: both have
+// S, nothing to resync beyond the usual bitmaps. An NBD connection keeps
+// the size it got at its handshake; a kernel nbd client picks up S by
+// reconnecting (nbd-client -d, then attach again).
+//
 // # Mid-session resync
 //
 // startSyncSourceRange marks a range out of sync here (durably) and sends
@@ -101,8 +165,8 @@ type ResizeOptions struct {
 	// nodes (zeroed, say), so it is not synced. The old internal metadata
 	// areas inside the new data are synced anyway.
 	AssumeClean bool
-	// Force (--force) is what DRBD asks for before shrinking; twinbd does
-	// not shrink, so it only changes the refusal's wording.
+	// Force (--force) allows a Size smaller than now: a shrink, which
+	// discards everything past it on both nodes (shrink.go).
 	Force bool
 	// ConfigSize is `disk { size }` of the resource file as it is now (the
 	// daemon reads the file again; 0: not set): the device does not grow
@@ -120,11 +184,13 @@ type ResizeResult struct {
 	Note string
 }
 
-// ErrShrink: resize refuses to make the device smaller.
+// ErrShrink: resize refuses to make the device smaller (without --force,
+// or not in this state; the message says what to do).
 var ErrShrink = errors.New("refusing to shrink")
 
-// Resize grows the device on both nodes (see the file comment). It needs
-// an established link, except to finish an interrupted resize.
+// Resize grows the device on both nodes, or with a smaller Size and Force
+// shrinks it (see the file comment). It needs an established link, except
+// to finish an interrupted resize.
 func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, error) {
 	if o.Size < 0 || o.Size%bitmap.BlockSize != 0 {
 		return ResizeResult{}, fmt.Errorf("replication: %s: size %d is not a multiple of 4 KiB", r.res.Name, o.Size)
@@ -146,6 +212,10 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 	}
 	if c := o.ConfigSize; c > 0 && c < capacity {
 		capacity, why = max(c, old), fmt.Sprintf("the resource file sets `size %d` in disk { }: raise or remove it on both nodes first", c)
+	}
+	if (o.Size != 0 && o.Size < old) || r.shrinkTo.Load() > 0 ||
+		(r.peer != nil && r.sess.Load() == nil && peerSize > 0 && peerSize < old) {
+		return r.resizeShrink(o, old, res, role, peerRole, repl, peerSize, disk)
 	}
 
 	if r.peer == nil {
@@ -246,8 +316,8 @@ func (r *Resource) Resize(ctx context.Context, o ResizeOptions) (ResizeResult, e
 var testAfterPeerGrew func(*Resource) error
 
 // pickSize is the size a resize grows to: --size, or the smallest
-// capacity. It refuses a smaller size (ErrShrink) and one a node cannot
-// offer, saying which node and why. peer is "" without a peer.
+// capacity. It refuses one a node cannot offer, saying which node and
+// why. peer is "" without a peer.
 func (r *Resource) pickSize(o ResizeOptions, old, mine int64, myWhy, peer string, theirs int64, theirWhy string) (int64, error) {
 	limit, who, why := mine, r.host.Name, myWhy
 	if peer != "" && theirs < limit {
@@ -258,10 +328,8 @@ func (r *Resource) pickSize(o ResizeOptions, old, mine int64, myWhy, peer string
 		n = limit
 	}
 	switch {
-	case n < old && o.Force:
-		return old, fmt.Errorf("%w %s from %d to %d bytes even with --force: twinbd does not implement shrinking. Everything past the new end would be lost; to shrink, shrink the filesystem on top first, then recreate the resource on smaller devices (create-md) and copy the data", ErrShrink, r.res.Name, old, n)
-	case n < old:
-		return old, fmt.Errorf("%w %s from %d to %d bytes: everything past the new end would be lost. DRBD asks for --force here; twinbd does not implement shrinking at all (the filesystem on top would have to be shrunk first)", ErrShrink, r.res.Name, old, n)
+	case n < old: // resizeShrink handles a smaller --size
+		return old, fmt.Errorf("%w %s from %d to %d bytes", ErrShrink, r.res.Name, old, n)
 	case n > limit:
 		if why == "" {
 			why = "its backing device is not larger"
@@ -430,15 +498,19 @@ func (s *session) checkSize(theirs *StateMsg) error {
 	r.mu.Lock()
 	r.link.peerSize = theirs.Size
 	r.mu.Unlock()
+	if to := r.shrinkTo.Load(); to > 0 {
+		return s.refuse("size mismatch: %s has not finished shrinking to %d bytes (its metadata still has %d): run `twinbd resize %s --size %d --force` on %s to finish, then `twinbd connect %s` on both nodes",
+			r.host.Name, to, r.b().meta.Layout().DataSize, r.res.Name, to, r.host.Name, r.res.Name)
+	}
 	if theirs.Size == mine {
 		return nil
 	}
-	smaller := r.host.Name
+	smaller, bigger, small := r.host.Name, r.peer.Name, mine
 	if theirs.Size < mine {
-		smaller = r.peer.Name
+		smaller, bigger, small = r.peer.Name, r.host.Name, theirs.Size
 	}
-	return s.refuse("size mismatch: %s has %d bytes, %s has %d; if a resize was interrupted, run `twinbd resize %s` on %s (the smaller) to finish it, then `twinbd connect %s` on both nodes; otherwise give both the same disk size",
-		r.host.Name, mine, r.peer.Name, theirs.Size, r.res.Name, smaller, r.res.Name)
+	return s.refuse("size mismatch: %s has %d bytes, %s has %d; if a resize (grow) was interrupted, run `twinbd resize %s` on %s (the smaller) to finish it; if a shrink was interrupted, run `twinbd resize %s --size %d --force` on %s (the bigger; everything past byte %d is discarded); then `twinbd connect %s` on both nodes; otherwise give both the same disk size",
+		r.host.Name, mine, r.peer.Name, theirs.Size, r.res.Name, smaller, r.res.Name, small, bigger, small, r.res.Name)
 }
 
 // resizeWait hands a ResizeReply from the meta reader to the resize
@@ -506,7 +578,11 @@ func (s *session) resizeWork(fseq uint64, m Message) (work func() error, ack fun
 				reply = r.probeReply()
 				return nil
 			}
-			err := r.growForPeer(m)
+			grow := r.growForPeer
+			if m.Flags&ResizeShrink != 0 {
+				grow = r.shrinkForPeer
+			}
+			err := grow(m)
 			reply = r.probeReply()
 			if err != nil {
 				r.log.Error("resize asked by the peer failed", "peer", r.peer.Name, "size", m.Size, "err", err)

@@ -147,6 +147,9 @@ type Resource struct {
 	handshaking   func() // aborts a handshake in progress
 
 	resizeMu sync.Mutex // one resize at a time (resize.go)
+	// shrinkTo is the size a shrink lowered the exported size to while
+	// this node's metadata still has the old one (shrink.go); 0: none.
+	shrinkTo atomic.Int64
 }
 
 // backing is the local disk: its data area, metadata and activity log.
@@ -440,7 +443,7 @@ func metaHint(res string, host *config.Host, err error) string {
 	case errors.Is(err, bitmap.ErrCorrupt):
 		return fmt.Sprintf("metadata on %s is corrupt: restore it, or run `twinbd create-md --force %s` (its data generation is forgotten and a full sync follows)", host.Disk, res)
 	case errors.Is(err, bitmap.ErrWrongSize):
-		return fmt.Sprintf("metadata on %s does not match this device or the resource file (a device smaller than the metadata says: restore its size, twinbd never shrinks one; or a changed bitmap-granularity)", host.Disk)
+		return fmt.Sprintf("metadata on %s does not match this device or the resource file (a device smaller than the metadata says: restore its size (twinbd never shrinks a backing device: `resize --size S --force` shrinks the replicated device, its metadata stays where it is); or a changed bitmap-granularity)", host.Disk)
 	}
 	return fmt.Sprintf("cannot read metadata on %s", host.Disk)
 }

@@ -24,12 +24,15 @@ const (
 	// ResizeAssumeClean: the operator said the new area is identical on
 	// both nodes (for the log; the marks already say what to sync).
 	ResizeAssumeClean
-	resizeKnownFlags = ResizeProbe | ResizeAssumeClean
+	// ResizeShrink: Size is smaller than now and the operator forced it
+	// (--force): the peer drops everything past it (shrink.go).
+	ResizeShrink
+	resizeKnownFlags = ResizeProbe | ResizeAssumeClean | ResizeShrink
 )
 
 // ResizeMsg asks the peer to grow to Size bytes, marking [MarkOff,
-// MarkOff+MarkLen) out of sync as it does, or (ResizeProbe) only for its
-// capacity. It travels on the data channel, after every write sent before
+// MarkOff+MarkLen) out of sync as it does, to shrink to Size bytes
+// (ResizeShrink, no marks), or (ResizeProbe) only for its capacity. It travels on the data channel, after every write sent before
 // it; the peer answers with a ResizeReplyMsg on the meta channel.
 type ResizeMsg struct {
 	Size             int64

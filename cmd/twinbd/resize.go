@@ -19,7 +19,7 @@ func newResizeCmd(g *globalOpts) *cobra.Command {
 	o := &resizeOpts{}
 	cmd := &cobra.Command{
 		Use:   "resize RESOURCE|all",
-		Short: "Grow the replicated device on both nodes after their backing devices grew (online)",
+		Short: "Grow the replicated device on both nodes after their backing devices grew, or shrink it with --size and --force (online)",
 		Long: `Grow the replicated device on both nodes, while clients keep working, after
 the backing devices (or files) of both nodes were grown (lvextend, truncate)
 with the resource up. Run it on the Primary (on either node when both are
@@ -29,11 +29,22 @@ device; the new area is resynced to the peer (which is Inconsistent until
 then) unless --assume-clean. NBD clients see the new size on their next
 connection.
 
-Shrinking is refused, with or without --force: twinbd does not implement it.
+Shrinking: a --size smaller than now is refused unless --force is given.
+Everything past the new size is discarded on both nodes, so first shrink
+the filesystem (or whatever uses the device) on top to at most that size,
+then run resize --size S --force on the Primary with the peer connected.
+This node stops serving past S first, then the peer shrinks, then this
+node. Requests past S on an NBD connection opened before get an error
+(EINVAL for a read, ENOSPC for a write); a new connection sees S (a kernel
+client: nbd-client -d, then attach again). The backing devices keep their
+size: internal metadata stays at the end of the device, and the space
+between S and it is unused until create-md on a smaller device; with
+external metadata the data device may be cut to S after the next down.
 
-If a resize was interrupted after the peer grew, the next connect refuses
-with "size mismatch"; running resize on the smaller node, though
-disconnected, finishes it (to exactly the peer's size).`,
+If a resize was interrupted, the next connect refuses with "size
+mismatch": after an interrupted grow run resize on the smaller node, after
+an interrupted shrink run resize --size S --force on the bigger one; though
+disconnected, it finishes the resize (to exactly the peer's size).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			size, err := parseSize(o.size)
@@ -47,7 +58,7 @@ disconnected, finishes it (to exactly the peer's size).`,
 	f := cmd.Flags()
 	f.StringVar(&o.size, "size", "", "the new size (K, M, G or T suffix; a plain number counts 512-byte sectors, as in drbd.conf); default: as large as both nodes allow")
 	f.BoolVar(&o.assumeClean, "assume-clean", false, "the new area is identical on both nodes (e.g. zeroed): do not resync it")
-	f.BoolVar(&o.force, "force", false, "what DRBD needs to shrink; twinbd refuses to shrink anyway")
+	f.BoolVar(&o.force, "force", false, "allow a --size smaller than now: shrink, discarding everything past it on both nodes")
 	return cmd
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -98,14 +100,11 @@ func TestPairResizeUnderLoad(t *testing.T) {
 	old := p.dataSize()
 	uri := fmt.Sprintf("nbd://127.0.0.1:%d/r0", p.nbd["alpha"])
 
-	// Bad input: smaller, with and without --force; a bad --size.
+	// Bad input: smaller without --force; a bad --size.
 	r := p.run("alpha", "resize", "--size", "32M", "r0")
 	require.NotEqual(t, 0, r.code)
 	require.Contains(t, r.err, "refusing to shrink r0 from")
-	require.Contains(t, r.err, "everything past the new end would be lost")
-	r = p.run("alpha", "resize", "--size", "32M", "--force", "r0")
-	require.NotEqual(t, 0, r.code)
-	require.Contains(t, r.err, "does not implement shrinking")
+	require.Contains(t, r.err, "everything past byte 33554432 is discarded")
 	r = p.run("alpha", "resize", "--size", "lots", "r0")
 	require.Equal(t, 2, r.code)
 	require.Contains(t, r.err, "--size")
@@ -225,4 +224,110 @@ func TestPairResizeUnderLoad(t *testing.T) {
 	defer c3.Close()
 	load.check(t, c3)
 	load2.check(t, c3)
+}
+
+// sameDataBelow compares the two backing files over [0, n).
+func (p *pair) sameDataBelow(n int64) {
+	p.t.Helper()
+	a, err := os.ReadFile(p.img["alpha"])
+	require.NoError(p.t, err)
+	b, err := os.ReadFile(p.img["beta"])
+	require.NoError(p.t, err)
+	for off := int64(0); off < n; off += blk {
+		if !bytes.Equal(a[off:off+blk], b[off:off+blk]) {
+			p.t.Fatalf("the replicas differ at %d (below the size %d)", off, n)
+		}
+	}
+}
+
+// A forced online shrink with real daemons under a write load through NBD
+// confined below S: refused without --force (with what to do), then
+// `twinbd resize --size S --force` shrinks both nodes; the open
+// connection keeps its old size and gets an error past S while it keeps
+// working below; nbdinfo and a new connection see S; status, events2 and
+// both logs show the shrink; the replicas are identical over [0, S) with
+// every answered write in place, also after both daemons restart.
+func TestPairShrinkUnderLoad(t *testing.T) {
+	need(t, "nbdinfo")
+	p := newPair(t)
+	defer p.logs()
+	p.upAndSync()
+	old := p.dataSize()
+	const n = 40 << 20
+	uri := fmt.Sprintf("nbd://127.0.0.1:%d/r0", p.nbd["alpha"])
+
+	r := p.run("alpha", "resize", "--size", "40M", "r0")
+	require.NotEqual(t, 0, r.code)
+	require.Contains(t, r.err, fmt.Sprintf("refusing to shrink r0 from %d to %d bytes", old, n))
+	require.Contains(t, r.err, "First shrink the filesystem")
+	require.Contains(t, r.err, fmt.Sprintf("run `twinbd resize r0 --size %d --force` on the Primary", n))
+	r = p.run("beta", "resize", "--size", "40M", "--force", "r0")
+	require.Equal(t, 11, r.code, "%s", r.err)
+	require.Contains(t, r.err, "run `twinbd resize r0` there")
+	require.Equal(t, old, p.dataSize())
+
+	c := p.dial("alpha")
+	defer c.Close()
+	// Something past S, on both nodes: discarded.
+	_, err := c.WriteAt(makeBlock(n, 1), n)
+	require.NoError(t, err)
+	load := startResizeLoad(c, testSeed(t), 8, 0, func() int64 { return n })
+	require.Eventually(t, func() bool { return load.answered.Load() > 200 }, 20*time.Second, 10*time.Millisecond)
+
+	out := p.ok("alpha", "resize", "--size", "40M", "--force", "r0")
+	require.Contains(t, out, fmt.Sprintf("r0: shrunk from %d KiB to %d KiB.", old/1024, n/1024))
+	require.Contains(t, out, "requests past the new end get an error")
+	require.Equal(t, int64(n), p.dataSize())
+	require.Equal(t, int64(n), p.status("beta").Devices[0].Size*1024)
+	require.Eventually(t, func() bool { return load.answered.Load() > 600 }, 20*time.Second, 10*time.Millisecond, "the load goes on")
+
+	// The open connection: an errno past S, and it keeps working.
+	require.Equal(t, old, c.Size())
+	_, err = c.WriteAt(makeBlock(n, 2), n)
+	require.ErrorIs(t, err, syscall.ENOSPC)
+	_, err = c.ReadAt(make([]byte, blk), n)
+	require.ErrorIs(t, err, syscall.EINVAL)
+	info := strings.TrimSpace(sh(t, "nbdinfo", "--size", uri))
+	require.Equal(t, fmt.Sprint(n), info)
+	c2 := p.dial("alpha")
+	defer c2.Close()
+	require.Equal(t, int64(n), c2.Size())
+	load.halt(t)
+	// The old connection still works below S (the load's blocks are
+	// its own until it stopped).
+	_, err = c.WriteAt(makeBlock(n-blk, 1<<40), n-blk)
+	require.NoError(t, err)
+	load.mu.Lock()
+	load.last[n-blk] = 1 << 40
+	load.mu.Unlock()
+	require.NoError(t, c.Flush())
+	load.check(t, c2)
+	p.requireInSync()
+	p.sameDataBelow(n)
+	ev := p.ok("alpha", "events2", "--now", "--statistics", "r0")
+	require.Contains(t, ev, fmt.Sprintf(" size:%d ", n/1024))
+	for _, node := range pairNodes {
+		b, err := os.ReadFile(filepath.Join(p.dir, node+".log"))
+		require.NoError(t, err)
+		require.Contains(t, string(b), fmt.Sprintf("shrunk from %d to %d bytes", old, n), node)
+	}
+
+	// Both daemons restart with S, in sync, the same data.
+	c.Close()
+	c2.Close()
+	p.ok("alpha", "secondary", "r0")
+	for _, node := range pairNodes {
+		p.ok(node, "down", "r0")
+		p.ok(node, "up", "r0")
+	}
+	p.ok("alpha", "wait-connect", "--timeout", "20s", "r0")
+	p.ok("alpha", "primary", "r0")
+	p.requireInSync()
+	require.Equal(t, int64(n), p.dataSize())
+	require.Equal(t, int64(n), p.status("beta").Devices[0].Size*1024)
+	p.sameDataBelow(n)
+	c3 := p.dial("alpha")
+	defer c3.Close()
+	require.Equal(t, int64(n), c3.Size())
+	load.check(t, c3)
 }
