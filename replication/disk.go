@@ -298,6 +298,25 @@ func (r *Resource) Attach() error {
 		closeNew()
 		return fmt.Errorf("%w: %s has bitmap granularity %d, the resource %d: run create-md again", ErrMetadata, r.host.Disk, meta.Layout().Granularity, r.bm.Granularity())
 	}
+	if size := r.size.Load(); lay.DataSize > size {
+		// A larger disk (or the full-size disk of a device that was
+		// shrunk): its metadata takes the device's size, as after a
+		// shrink (the space past it stays unused until `resize`), so that
+		// the bitmap fits and the next `up` opens the agreed size.
+		to, err := bitmap.ShrunkLayout(lay, size)
+		if err == nil {
+			var bm *bitmap.Bitmap
+			if bm, err = meta.ReadBitmap(); err == nil {
+				err = meta.Shrink(to, bitmap.ShrinkOptions{Bitmap: bm})
+			}
+		}
+		if err != nil {
+			closeNew()
+			return fmt.Errorf("replication: %s: fit the new disk's metadata to the device's %d bytes: %w", r.res.Name, size, err)
+		}
+		r.log.Info("attach: the new disk is larger than the device; its metadata keeps the device's size", "disk-data", lay.DataSize, "size", size)
+		lay = to
+	}
 	bk := &backing{data: data, local: nbd.NewDeviceExport(data, false), closer: closers, faulty: faulty, meta: meta}
 	if _, err := r.openAL(bk, lay); err != nil {
 		closeNew()

@@ -319,3 +319,41 @@ func TestAttachResyncSurvivesLinkLoss(t *testing.T) {
 	m.check(t, p.a)
 	p.sameData()
 }
+
+// TestAttachLargerDisk: the replacement disk is larger than the device
+// (a bigger disk, or the full-size disk of a pair that was shrunk): attach
+// keeps the device's size, and a restart of the node opens that size and
+// reconnects without a size mismatch.
+func TestAttachLargerDisk(t *testing.T) {
+	p := newDiskPair(t, "")
+	m := &diskModel{blocks: map[int64][]byte{}}
+	rng := rand.New(rand.NewPCG(12, 12))
+	for range 50 {
+		m.write(t, p.a, rng)
+	}
+	require.NoError(t, p.b.DiskFault(device.FaultWrite, 0, 0))
+	m.write(t, p.a, rng)
+	eventually(t, "b Diskless", func() bool { return p.b.DiskState() == DiskDiskless })
+	size := p.b.size.Load()
+	require.NoError(t, os.Truncate(p.imgB, 0))
+	require.NoError(t, os.Truncate(p.imgB, 2*pairSize))
+	_, err := createMetadata(p.res, "b", true, nil)
+	require.NoError(t, err)
+	require.NoError(t, p.b.Attach())
+	eventually(t, "b UpToDate again", func() bool { return p.b.DiskState() == DiskUpToDate })
+	require.Equal(t, size, p.b.size.Load())
+	require.Equal(t, size, p.b.b().meta.Layout().DataSize, "the new disk's metadata holds the device's size")
+	for range 20 {
+		m.write(t, p.a, rng)
+	}
+	p.waitSynced(p.a)
+	require.NoError(t, p.a.Flush())
+	p.sameData()
+
+	require.NoError(t, p.b.Down(false))
+	p.b = p.up("b")
+	require.Equal(t, size, p.b.size.Load())
+	p.waitSynced(p.a)
+	eventually(t, "b UpToDate after the restart", func() bool { return p.b.DiskState() == DiskUpToDate })
+	m.check(t, p.a)
+}
