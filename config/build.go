@@ -144,11 +144,11 @@ var netSection = &sectionDef{name: "net", keys: []keyDef{
 		return err
 	}},
 	{"verify-alg", func(b *rbuilder, v token) (err error) {
-		b.r.Net.VerifyAlg, err = enum(v, "verify-alg", "xxhash64", "sha256", "crc32c")
+		b.r.Net.VerifyAlg, err = enum(v, "verify-alg", "xxhash64", "sha256", "crc32c", "sha1", "md5")
 		return err
 	}},
 	{"csums-alg", func(b *rbuilder, v token) (err error) {
-		b.r.Net.CsumsAlg, err = enum(v, "csums-alg", "xxhash64", "sha256", "crc32c")
+		b.r.Net.CsumsAlg, err = enum(v, "csums-alg", "xxhash64", "sha256", "crc32c", "sha1", "md5")
 		return err
 	}},
 	{"csums-after-crash-only", func(b *rbuilder, v token) (err error) {

@@ -71,7 +71,7 @@ func TestErrors(t *testing.T) {
 		{"bad after-sb-2pri", res("net { after-sb-2pri discard-secondary; }"), `invalid after-sb-2pri "discard-secondary"`},
 		{"discard unknown node", res("net { after-sb-0pri discard-node-zed; }"), `e.res:2:21: invalid after-sb-0pri "discard-node-zed" in resource r0: no "on zed" section (expected discard-node- followed by one of: a, b)`},
 		{"bad cram", res("net { cram-hmac-alg md5; }"), `invalid cram-hmac-alg "md5" (expected sha1, sha256 or sha512)`},
-		{"bad verify-alg", res("net { verify-alg md5; }"), `invalid verify-alg "md5" (expected xxhash64, sha256 or crc32c)`},
+		{"bad verify-alg", res("net { verify-alg sha512; }"), `invalid verify-alg "sha512" (expected xxhash64, sha256, crc32c, sha1 or md5)`},
 		{"bad yes", res("net { tls true; }"), `e.res:2:11: invalid tls "true" (expected yes or no)`},
 		{"tls without cert", res("net { tls yes; }"), `e.res:2:11: tls yes in resource r0 needs tls-cert, tls-key and tls-ca (the CA that signed the peer's certificate) in its net section`},
 		{"relative tls path", res("net { tls-ca ca.crt; }"), `invalid tls-ca "ca.crt" (expected an absolute path)`},

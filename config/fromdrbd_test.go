@@ -145,6 +145,11 @@ handlers { pri-lost "x"; split-brain "y"; }`))
 			require.Contains(t, ws[i], k+" is accepted but has no effect")
 		}
 	})
+	t.Run("keys twinbd acts on do not warn", func(t *testing.T) {
+		_, ws := parseDRBD(t, res(`disk { on-io-error pass_on; on-no-data-accessible suspend-io; }
+net { verify-alg sha256; csums-alg crc32c; }`))
+		require.Empty(t, ws)
+	})
 	t.Run("twinbd's own file warns about nothing", func(t *testing.T) {
 		_, ws := parseDRBD(t, designExample)
 		require.Empty(t, ws)

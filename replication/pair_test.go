@@ -381,7 +381,17 @@ func TestPairWritesDuringResync(t *testing.T) {
 // Online verify finds a block that differs behind twinbd's back, marks it
 // on both nodes, and a Primary's disconnect/connect resyncs it.
 func TestPairVerify(t *testing.T) {
-	p := newPair(t, "")
+	for _, alg := range []string{"", "crc32c", "sha256"} {
+		t.Run("verify-alg="+alg, func(t *testing.T) { testPairVerify(t, alg) })
+	}
+}
+
+func testPairVerify(t *testing.T, alg string) {
+	extra := ""
+	if alg != "" {
+		extra = "verify-alg " + alg + ";"
+	}
+	p := newPair(t, extra)
 	require.NoError(t, p.a.Primary(true))
 	p.waitSynced(p.a)
 	eventually(t, "b UpToDate", func() bool { return p.b.DiskState() == DiskUpToDate })

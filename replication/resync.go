@@ -10,7 +10,7 @@ package replication
 //
 // Checksum-based resync (csums-alg, and always after a Primary crash, when
 // the blocks in the activity log are probably identical): the source sends
-// a ChecksumRequest with the xxhash64 of its run; the target answers whether
+// a ChecksumRequest with the digest (csums-alg, xxhash64 by default) of its run; the target answers whether
 // its copy matches, and only runs that differ are sent. An all-zero run goes
 // as a ResyncZero record, other data zstd-compressed when that pays.
 //
@@ -24,7 +24,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/twinbd/twinbd/bitmap"
 )
 
@@ -194,7 +193,8 @@ func (s *session) resyncRun(off, length int64, done func()) {
 		return
 	}
 	r.link.resyncWire.Add(HeaderSize + csumReqSize)
-	s.writeDataSeq(seq, &ChecksumRequestMsg{Offset: off, Length: length, Sum: xxhash.Sum64(buf)})
+	alg, _ := digestAlg(r.res.Net.CsumsAlg) // the config parser allows only known names
+	s.writeDataSeq(seq, &ChecksumRequestMsg{Offset: off, Length: length, Sum: digest(alg, buf), Alg: alg})
 }
 
 // finishSource completes the resync on the source side.

@@ -49,7 +49,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/twinbd/twinbd/bitmap"
 	"github.com/twinbd/twinbd/device"
 )
@@ -891,7 +890,7 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 			if err := r.peerIO("read", m.Offset, func() error { return r.b().local.ReadAt(buf, m.Offset) }); err != nil {
 				return err
 			}
-			same = xxhash.Sum64(buf) == m.Sum
+			same = digest(m.Alg, buf) == m.Sum
 			switch target := r.ReplState() == ReplSyncTarget; {
 			case same && target: // csums resync: nothing to send
 				r.bm.ClearRange(m.Offset, m.Length)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/twinbd/twinbd/bitmap"
 )
 
@@ -142,11 +141,15 @@ type VerifyResult struct {
 }
 
 // Verify compares every block with the peer by checksum (online verify,
-// verify-alg; twinbd uses xxhash64). Blocks that differ are marked out of
+// verify-alg: xxhash64 by default, crc32c or sha256). Blocks that differ are marked out of
 // sync here and reported; as in DRBD they are resynced at the next
 // connect that runs a resync (a Primary's disconnect/connect does). It
 // runs while applications keep writing: each run holds its range lock.
 func (r *Resource) Verify() (VerifyResult, error) {
+	alg, err := digestAlg(r.res.Net.VerifyAlg)
+	if err != nil {
+		return VerifyResult{}, err
+	}
 	s := r.sess.Load()
 	if s == nil {
 		return VerifyResult{}, fmt.Errorf("%w: %s", ErrNotConnected, r.res.Name)
@@ -207,7 +210,7 @@ func (r *Resource) Verify() (VerifyResult, error) {
 			return res, fmt.Errorf("%w: the link broke during verify", ErrNotConnected)
 		}
 		sent++
-		s.writeDataSeq(seq, &ChecksumRequestMsg{Offset: off, Length: length, Sum: xxhash.Sum64(buf)})
+		s.writeDataSeq(seq, &ChecksumRequestMsg{Offset: off, Length: length, Sum: digest(alg, buf), Alg: alg})
 		// Collect finished ones without blocking.
 	drain:
 		for {

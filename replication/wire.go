@@ -174,7 +174,7 @@ const (
 	bitmapFixed    = 8 + 4 + 1
 	rangeSize      = 8 + 8
 	resyncFixed    = 8 + 8 + 8 + 4
-	csumReqSize    = 8 + 8 + 8
+	csumReqSize    = 8 + 8 + 8 + 1
 	csumReplySize  = 8 + 8 + 1
 	disconnectFix  = 2
 	maxBitmapBytes = 1 + 8*MaxBitmapChunkWords // see EncodeBitmapRuns
@@ -1036,10 +1036,12 @@ func DecodeResyncPayload(m *ResyncDataMsg, buf []byte) ([]byte, error) {
 }
 
 // ChecksumRequestMsg (csums resync, online verify): Sum is the sender's
-// xxhash64 of the range; the peer answers whether its copy matches.
+// digest of the range under Alg (digest.go); the peer answers whether its
+// copy matches.
 type ChecksumRequestMsg struct {
 	Offset, Length int64
 	Sum            uint64
+	Alg            uint8
 }
 
 func (*ChecksumRequestMsg) Type() MsgType { return MsgChecksumRequest }
@@ -1049,16 +1051,23 @@ func (m *ChecksumRequestMsg) AppendBinary(b []byte) ([]byte, error) {
 	if err != nil {
 		return b, err
 	}
-	return binary.BigEndian.AppendUint64(b, m.Sum), nil
+	if m.Alg > digestMax {
+		return b, malformed(MsgChecksumRequest, "digest algorithm %d", m.Alg)
+	}
+	b = binary.BigEndian.AppendUint64(b, m.Sum)
+	return append(b, m.Alg), nil
 }
 
 func (m *ChecksumRequestMsg) UnmarshalBinary(p []byte) error {
 	d := dec{b: p, ok: true}
-	off, length, sum := int64(d.u64()), int64(d.u64()), d.u64()
+	off, length, sum, alg := int64(d.u64()), int64(d.u64()), d.u64(), d.u8()
 	if !d.done() || !validRange(off, length) {
 		return malformed(MsgChecksumRequest, "%d bytes, range %d+%d", len(p), off, length)
 	}
-	m.Offset, m.Length, m.Sum = off, length, sum
+	if alg > digestMax {
+		return malformed(MsgChecksumRequest, "unknown digest algorithm %d", alg)
+	}
+	m.Offset, m.Length, m.Sum, m.Alg = off, length, sum, alg
 	return nil
 }
 

@@ -46,6 +46,7 @@ func wireSamples() []Message {
 		&ResyncDataMsg{Seq: 9, Offset: 512, Length: 6, Payload: []byte("resync")},
 		&ResyncDataMsg{Seq: 10, Offset: 4096, Length: 1 << 20, Flags: ResyncZero, Payload: []byte{}},
 		&ChecksumRequestMsg{Offset: 4096, Length: 4096, Sum: 0x1234},
+		&ChecksumRequestMsg{Offset: 4096, Length: 4096, Sum: 0x1234, Alg: DigestSHA256},
 		&ChecksumReplyMsg{Offset: 4096, Length: 4096, Same: true},
 		&PingMsg{},
 		&PingAckMsg{},
