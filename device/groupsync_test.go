@@ -1,0 +1,90 @@
+package device
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Every caller's write, completed before it called Sync, is durable when
+// Sync returns: the sync that answered it started after the write.
+func TestGroupSyncCoversEarlierWrites(t *testing.T) {
+	var g groupSync
+	var mu sync.Mutex
+	written := map[int]bool{} // completed writes
+	durable := map[int]bool{} // covered by a finished sync
+	var syncs, calls atomic.Int64
+	fn := func() error {
+		syncs.Add(1)
+		mu.Lock()
+		snap := make([]int, 0, len(written))
+		for id := range written {
+			snap = append(snap, id)
+		}
+		mu.Unlock()
+		time.Sleep(200 * time.Microsecond) // the disk at work
+		mu.Lock()
+		for _, id := range snap {
+			durable[id] = true
+		}
+		mu.Unlock()
+		return nil
+	}
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Go(func() {
+			for i := range 200 {
+				id := w*1000 + i
+				mu.Lock()
+				written[id] = true
+				mu.Unlock()
+				calls.Add(1)
+				require.NoError(t, g.Sync(fn))
+				mu.Lock()
+				ok := durable[id]
+				mu.Unlock()
+				require.True(t, ok, "write %d answered before a sync covered it", id)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d callers, %d syncs", calls.Load(), syncs.Load())
+	require.Less(t, syncs.Load(), calls.Load(), "concurrent callers never shared a sync")
+}
+
+// A failed sync reports to the callers it was meant for, and the next batch
+// gets its own sync's result.
+func TestGroupSyncErrorGoesToItsBatch(t *testing.T) {
+	var g groupSync
+	boom := errors.New("boom")
+	release := make(chan struct{})
+	entered := make(chan struct{})
+	first := make(chan error)
+	go func() {
+		first <- g.Sync(func() error { close(entered); <-release; return nil })
+	}()
+	<-entered
+	// Two callers arrive while the first sync runs: one failing sync for both.
+	var n atomic.Int32
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			errs <- g.Sync(func() error { n.Add(1); return boom })
+		}()
+	}
+	require.Eventually(t, func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.next != nil && g.next.callers == 2
+	}, 5*time.Second, time.Millisecond)
+	close(release)
+	require.NoError(t, <-first)
+	require.ErrorIs(t, <-errs, boom)
+	require.ErrorIs(t, <-errs, boom)
+	require.Equal(t, int32(1), n.Load())
+	require.NoError(t, g.Sync(func() error { return nil }))
+}
