@@ -40,8 +40,9 @@ type Zeroer interface {
 	WriteZeroes(off, length int64, mayTrim bool) error
 }
 
-// FUAWriter writes a block durably in one call (pwritev2 RWF_DSYNC), cheaper
-// than WriteAt followed by Flush.
+// FUAWriter writes a block durably in one call, which a device may do more
+// cheaply than WriteAt followed by Flush (File shares the sync among
+// concurrent FUA writes and flushes).
 type FUAWriter interface {
 	WriteAtFUA(p []byte, off int64) (int, error)
 }

@@ -56,8 +56,7 @@ func TestGroupSyncCoversEarlierWrites(t *testing.T) {
 	require.Less(t, syncs.Load(), calls.Load(), "concurrent callers never shared a sync")
 }
 
-// A failed sync reports to the callers it was meant for, and the next batch
-// gets its own sync's result.
+// A failed sync reports to the callers it was meant for.
 func TestGroupSyncErrorGoesToItsBatch(t *testing.T) {
 	var g groupSync
 	boom := errors.New("boom")
@@ -86,5 +85,54 @@ func TestGroupSyncErrorGoesToItsBatch(t *testing.T) {
 	require.ErrorIs(t, <-errs, boom)
 	require.ErrorIs(t, <-errs, boom)
 	require.Equal(t, int32(1), n.Load())
+	// The next caller may have written while the failed sync ran: it gets
+	// the error too; the one after that its own result.
+	require.ErrorIs(t, g.Sync(func() error { return nil }), boom)
+	require.NoError(t, g.Sync(func() error { return nil }))
+}
+
+// Callers that gathered while a sync failed get its error even when their
+// own sync succeeds: the failed one may have consumed the writeback error
+// for their pages.
+func TestGroupSyncErrorReachesTheBatchThatGatheredMeanwhile(t *testing.T) {
+	var g groupSync
+	boom := errors.New("boom")
+	release := make(chan struct{})
+	entered := make(chan struct{})
+	first := make(chan error)
+	go func() {
+		first <- g.Sync(func() error { close(entered); <-release; return boom })
+	}()
+	<-entered
+	waitCallers := func(n int) {
+		require.Eventually(t, func() bool {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			return g.next != nil && g.next.callers == n
+		}, 5*time.Second, time.Millisecond)
+	}
+	// Two callers gather while the failing sync runs; their own sync
+	// succeeds.
+	release2 := make(chan struct{})
+	entered2 := make(chan struct{})
+	var once sync.Once
+	fn2 := func() error { once.Do(func() { close(entered2) }); <-release2; return nil }
+	second := make(chan error, 2)
+	for range 2 {
+		go func() { second <- g.Sync(fn2) }()
+	}
+	waitCallers(2)
+	close(release)
+	require.ErrorIs(t, <-first, boom)
+	<-entered2
+	// A third caller gathers while that successful sync runs: it gets its
+	// own result, the error is not passed along further.
+	third := make(chan error)
+	go func() { third <- g.Sync(func() error { return nil }) }()
+	waitCallers(1)
+	close(release2)
+	require.ErrorIs(t, <-second, boom)
+	require.ErrorIs(t, <-second, boom)
+	require.NoError(t, <-third)
 	require.NoError(t, g.Sync(func() error { return nil }))
 }
