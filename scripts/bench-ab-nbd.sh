@@ -9,7 +9,8 @@
 #   BASE  git revision for A (default main)
 #   ROW   1m | fua32 | fua1 | rw32 | rr32 | fsync1 (default: 1m fua32 fua1)
 # Environment: AB_RUNTIME (s, default 10), AB_RUNS (default 5),
-#   AB_FILE_SIZE (default 1G), AB_A_BIN / AB_B_BIN (skip the build).
+#   AB_FILE_SIZE (default 1G), AB_A_BIN / AB_B_BIN (prebuilt binaries instead
+#   of building; the report then names them by file name).
 # The `twinbd bench` client is always A's binary, so only the server differs.
 # Besides the rate, each run reports the server's CPU time per request
 # (utime+stime from /proc/PID/stat over the run, divided by the requests
@@ -51,6 +52,9 @@ if [ -n "${AB_B_BIN:-}" ]; then cp "$AB_B_BIN" "$TMP/b/twinbd"; else
   CGO_ENABLED=0 go build -o "$TMP/b/twinbd" ./cmd/twinbd || die "build B failed"
 fi
 A_REV=$(git rev-parse --short "$BASE"); B_REV="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo +dirty)"
+# Prebuilt binaries are named by their file, not by a revision they may not be.
+[ -n "${AB_A_BIN:-}" ] && A_REV=$(basename "$AB_A_BIN")
+[ -n "${AB_B_BIN:-}" ] && B_REV=$(basename "$AB_B_BIN")
 CLIENT=$TMP/a/twinbd
 
 wait_nbd() {
