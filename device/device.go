@@ -40,8 +40,9 @@ type Zeroer interface {
 	WriteZeroes(off, length int64, mayTrim bool) error
 }
 
-// FUAWriter writes a block durably in one call (pwritev2 RWF_DSYNC), cheaper
-// than WriteAt followed by Flush.
+// FUAWriter writes a block durably in one call, which a device may do more
+// cheaply than WriteAt followed by Flush (File shares the sync among
+// concurrent FUA writes and flushes).
 type FUAWriter interface {
 	WriteAtFUA(p []byte, off int64) (int, error)
 }
@@ -61,6 +62,7 @@ type File struct {
 	size   atomic.Int64 // the size as of open or the last Refresh
 	path   string
 	closed atomic.Bool
+	syncs  groupSync // concurrent Flush and FUA writes share fdatasyncs
 }
 
 // OpenFile opens path read-write. The size is the file's current size (for a
@@ -110,36 +112,28 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 	return d.f.WriteAt(p, off)
 }
 
-// WriteAtFUA writes p durably with pwritev2(RWF_DSYNC), falling back to
-// WriteAt + Flush where the kernel does not support it.
+// WriteAtFUA writes p durably: pwrite, then an fdatasync shared with the
+// concurrent FUA writes and flushes of this file (group commit: at queue
+// depth 32, one fdatasync answers many writes instead of one journal commit
+// and cache flush each).
 func (d *File) WriteAtFUA(p []byte, off int64) (int, error) {
 	if err := CheckRange(d.size.Load(), off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	n, err := unix.Pwritev2(int(d.f.Fd()), [][]byte{p}, off, unix.RWF_DSYNC)
-	if err == unix.EOPNOTSUPP || err == unix.ENOSYS {
-		if n, err = d.f.WriteAt(p, off); err != nil {
-			return n, err
-		}
-		return n, d.Flush()
-	}
-	if err == nil && n < len(p) {
-		// Short write: finish it the ordinary way, then sync.
-		m, werr := d.f.WriteAt(p[n:], off+int64(n))
-		n += m
-		if werr != nil {
-			return n, werr
-		}
-		return n, d.Flush()
-	}
+	n, err := d.f.WriteAt(p, off)
 	if err != nil {
-		return n, fmt.Errorf("device: pwritev2 %s: %w", d.path, err)
+		return n, err
 	}
-	return n, nil
+	return n, d.Flush()
 }
 
-// Flush implements Device with fdatasync.
+// Flush implements Device with fdatasync. Concurrent callers share one: each
+// returns after an fdatasync that started after it called Flush.
 func (d *File) Flush() error {
+	return d.syncs.Sync(d.fdatasync)
+}
+
+func (d *File) fdatasync() error {
 	if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
 		return fmt.Errorf("device: fdatasync %s: %w", d.path, err)
 	}
