@@ -111,6 +111,28 @@ func replayArgs(c Config, seed uint64) string {
 	if c.Protocol != "" && c.Protocol != "C" {
 		s += " --protocol " + c.Protocol
 	}
+	// The load's shape, where it is not the default (Config's zero values
+	// are defaults, negative ones "none"; the CLI's 0 is none).
+	if c.Workers > 0 && c.Workers != 4 {
+		s += fmt.Sprintf(" --workers %d", c.Workers)
+	}
+	if c.Blocks > 0 && c.Blocks != 4096 {
+		s += fmt.Sprintf(" --blocks %d", c.Blocks)
+	}
+	if c.FlushEvery > 0 && c.FlushEvery != 16 {
+		s += fmt.Sprintf(" --flush-every %d", c.FlushEvery)
+	}
+	switch {
+	case c.FUA < 0:
+		s += " --fua 0"
+	case c.FUA > 0 && c.FUA != 0.1:
+		s += fmt.Sprintf(" --fua %g", c.FUA)
+	}
+	if c.Readers < 0 {
+		s += " --readers 0"
+	} else if c.Readers > 0 && c.Readers != 2 {
+		s += fmt.Sprintf(" --readers %d", c.Readers)
+	}
 	return s
 }
 
