@@ -97,6 +97,7 @@ type session struct {
 	epoch     uint64
 	unflushed []rng          // WriteAcked, not yet covered by a BarrierAck
 	epochEnd  map[uint64]int // barrier epoch -> len(unflushed) when it was sent
+	autoCut   bool           // an automatic barrier is on its way (complete)
 	dead      bool
 	err       error
 
@@ -247,7 +248,13 @@ func (s *session) complete(seq uint64, ok, same bool) {
 	if ok && p.length > 0 {
 		s.unflushed = append(s.unflushed, p.rng)
 	}
-	auto := len(s.unflushed) >= s.r.maxEpoch() && len(s.epochEnd) == 0
+	// One automatic barrier per full epoch: until the goroutine below
+	// numbers it (barrier sets epochEnd), later acks must not start more
+	// (each costs the peer an fdatasync).
+	auto := len(s.unflushed) >= s.r.maxEpoch() && len(s.epochEnd) == 0 && !s.autoCut
+	if auto {
+		s.autoCut = true
+	}
 	s.mu.Unlock()
 	if !ok && p.length > 0 {
 		s.r.bm.SetRange(p.off, p.length) // the peer does not have it
@@ -291,6 +298,7 @@ func (s *session) barrier() chan bool {
 	e := s.epoch
 	s.barriers[e] = ch
 	s.epochEnd[e] = len(s.unflushed)
+	s.autoCut = false // this barrier closes the epoch that was full
 	s.mu.Unlock()
 	// The barrier must follow every write already acked; the data lock
 	// orders it after every frame written so far.

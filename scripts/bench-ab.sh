@@ -122,28 +122,52 @@ sync
 log "A = $DESC_A; B = $DESC_B; protocol $PROTO; pids A $(cat "$TMP"/A/*.pid | tr '\n' ' ')B $(cat "$TMP"/B/*.pid | tr '\n' ' ')"
 [ -n "${AB_PAUSE:-}" ] && { log "pausing: $AB_PAUSE"; sleep "$AB_PAUSE"; }
 
+# cpu_ticks SIDE: utime+stime (clock ticks) of that side's daemons.
+cpu_ticks() {
+  local t=0 p
+  for p in $(cat "$TMP/$1"/*.pid); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+# ops_of KIND < fio JSON: completed operations of that kind.
+ops_of() { python3 -c '
+import json, sys
+s = sys.stdin.read(); j = json.loads(s[s.index("{"):])
+print(j["jobs"][0][sys.argv[1]]["total_ios"])' "$1"; }
+
 REPORT=()
 for row in $ROWS_WANTED; do
   case $row in
-    randwrite) label="fio 4k randwrite iodepth 32 (IOPS)" metric_name=write_iops args=(--rw=randwrite --bs=4k --iodepth=32) ;;
-    seqwrite) label="fio 1M write iodepth 8 (MiB/s)" metric_name=write_mibs args=(--rw=write --bs=1m --iodepth=8) ;;
-    randread) label="fio 4k randread iodepth 32 (IOPS)" metric_name=read_iops args=(--rw=randread --bs=4k --iodepth=32) ;;
-    fsync) label="fio 4k randwrite iodepth 1 fsync=1 (IOPS)" metric_name=write_iops args=(--rw=randwrite --bs=4k --iodepth=1 --fsync=1) ;;
+    randwrite) label="fio 4k randwrite iodepth 32 (IOPS)" metric_name=write_iops kind=write args=(--rw=randwrite --bs=4k --iodepth=32) ;;
+    seqwrite) label="fio 1M write iodepth 8 (MiB/s)" metric_name=write_mibs kind=write args=(--rw=write --bs=1m --iodepth=8) ;;
+    randread) label="fio 4k randread iodepth 32 (IOPS)" metric_name=read_iops kind=read args=(--rw=randread --bs=4k --iodepth=32) ;;
+    fsync) label="fio 4k randwrite iodepth 1 fsync=1 (IOPS)" metric_name=write_iops kind=write args=(--rw=randwrite --bs=4k --iodepth=1 --fsync=1) ;;
     *) die "unknown row $row" ;;
   esac
-  va="" vb=""
+  va="" vb="" ca="" cb=""
   for i in $(seq "$RUNS"); do
     order="A B"; [ $((i % 2)) = 0 ] && order="B A"
     for side in $order; do
       sync
-      v=$(fio_json "$(port_of "$side")" --runtime="$RUNTIME" --time_based "${args[@]}" | metric "$metric_name")
-      log "$row run $i $side: $v"
-      if [ "$side" = A ]; then va+=" $v"; else vb+=" $v"; fi
+      t0=$(cpu_ticks "$side")
+      fio_json "$(port_of "$side")" --runtime="$RUNTIME" --time_based "${args[@]}" >"$TMP/run.json"
+      t1=$(cpu_ticks "$side")
+      v=$(metric "$metric_name" <"$TMP/run.json")
+      # The daemons' CPU (both nodes) per operation, in microseconds: less
+      # sensitive than throughput to what else this host runs.
+      c=$(python3 -c 'import sys; t, hz, n = map(float, sys.argv[1:]); print("%.1f" % (t / hz * 1e6 / n))' $((t1 - t0)) "$HZ" "$(ops_of "$kind" <"$TMP/run.json")")
+      log "$row run $i $side: $v; daemons' CPU ${c} us/op"
+      if [ "$side" = A ]; then va+=" $v" ca+=" $c"; else vb+=" $v" cb+=" $c"; fi
     done
   done
   # shellcheck disable=SC2086
   ma=$(median $va) mb=$(median $vb)
   REPORT+=("$label, protocol $PROTO: A median $ma (runs$va), B median $mb (runs$vb), B/A $(ratio "$mb" "$ma")")
+  # shellcheck disable=SC2086
+  ma=$(median $ca) mb=$(median $cb)
+  REPORT+=("  daemons' CPU per op (us): A median $ma (runs$ca), B median $mb (runs$cb), B/A $(ratio "$mb" "$ma")")
 done
 
 {
