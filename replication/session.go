@@ -108,10 +108,13 @@ type session struct {
 	// barrier's completion (barrier acks go out in order). Receiver only.
 	epochWG     *sync.WaitGroup
 	lastBarrier chan struct{}
-	workers     sync.WaitGroup
-	sem         chan struct{}
-	extra       sync.WaitGroup // loops started after the handshake (startSyncSource)
-	toPrimary   atomic.Bool    // resync source of an attaching Primary (disk.go)
+	// Writes received in the current epoch, and how many of them were
+	// small (dropCleanCache). Receiver only.
+	epochWrites, epochSmall int
+	workers                 sync.WaitGroup
+	sem                     chan struct{}
+	extra                   sync.WaitGroup // loops started after the handshake (startSyncSource)
+	toPrimary               atomic.Bool    // resync source of an attaching Primary (disk.go)
 
 	// resync state (source)
 	csums    bool
@@ -833,6 +836,10 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		// per write. FUA writes wait for the disk and go to workers.
 		inline = m.Flags&DataFUA == 0
 		off, length = m.Offset, int64(len(m.Payload))
+		s.epochWrites++
+		if length < smallWrite {
+			s.epochSmall++
+		}
 		work = func() error {
 			err := r.peerIO("write", m.Offset, func() error {
 				return r.b().local.WriteAt(m.Payload, m.Offset, m.Flags&DataFUA != 0)
@@ -921,6 +928,10 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		// Later writes do not wait for it: they are the next epoch.
 		wg, prev, done := s.epochWG, s.lastBarrier, make(chan struct{})
 		s.epochWG, s.lastBarrier = new(sync.WaitGroup), done
+		// Mostly small writes: drop the cache they went through once it is
+		// clean. Large ones write whole folios, which are cheap to reuse.
+		drop := s.epochSmall > 0 && 2*s.epochSmall >= s.epochWrites
+		s.epochWrites, s.epochSmall = 0, 0
 		s.workers.Go(func() {
 			defer close(done)
 			wg.Wait()
@@ -929,10 +940,15 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 			}
 			// Diskless: nothing here to make durable (the Primary's
 			// writes were refused and are out of sync on its side).
-			if err := r.peerIO("flush", 0, r.b().data.Flush); err != nil && !r.detached.Load() {
+			b := r.b()
+			err := r.peerIO("flush", 0, b.data.Flush)
+			if err != nil && !r.detached.Load() {
 				r.log.Error("flush for the peer's barrier failed", "err", err)
 				s.fail(fmt.Errorf("barrier: flush: %w", err))
 				return
+			}
+			if err == nil && drop {
+				r.dropCleanCache(b)
 			}
 			if !s.isDead() {
 				s.sendMeta(&BarrierAckMsg{Epoch: m.Epoch})
