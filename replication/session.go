@@ -108,8 +108,9 @@ type session struct {
 	// barrier's completion (barrier acks go out in order). Receiver only.
 	epochWG     *sync.WaitGroup
 	lastBarrier chan struct{}
-	// Writes received in the current epoch, and how many of them were
-	// small (dropCleanCache). Receiver only.
+	// Writes received since the page cache was last dropped or the count
+	// restarted, and how many of them were small (dropCleanCache).
+	// Receiver only.
 	epochWrites, epochSmall int
 	workers                 sync.WaitGroup
 	sem                     chan struct{}
@@ -930,8 +931,16 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		s.epochWG, s.lastBarrier = new(sync.WaitGroup), done
 		// Mostly small writes: drop the cache they went through once it is
 		// clean. Large ones write whole folios, which are cheap to reuse.
-		drop := s.epochSmall > 0 && 2*s.epochSmall >= s.epochWrites
-		s.epochWrites, s.epochSmall = 0, 0
+		// At most once per dropEvery small writes (a FLUSH after every
+		// write must not pay for it each time).
+		drop := false
+		switch {
+		case s.epochSmall >= dropEvery:
+			drop = 2*s.epochSmall >= s.epochWrites
+			s.epochWrites, s.epochSmall = 0, 0
+		case s.epochWrites >= 2*dropEvery: // mostly large
+			s.epochWrites, s.epochSmall = 0, 0
+		}
 		s.workers.Go(func() {
 			defer close(done)
 			wg.Wait()
