@@ -15,6 +15,8 @@
 //     (syncdecision.go), bitmap exchange, the Secondary's apply path, acks,
 //     barriers, pings, teardown (what the peer may lack goes into the bitmap
 //     before anything waiting is answered).
+//   - cache.go: a Secondary drops its clean page cache after a barrier's
+//     flush when the epoch's writes were mostly small.
 //   - resync.go: the sync source (bitmap or checksum based, rate limited).
 //   - resize.go: online resize (both nodes grow, the peer first) and a
 //     resync started mid-session (startSyncSource); wire_resize.go its

@@ -548,3 +548,38 @@ func TestPairSplitBrainPolicyYoungerOlderPrimary(t *testing.T) {
 		})
 	}
 }
+
+// Without client FLUSHes, the Primary cuts one automatic barrier per
+// max-epoch-size acknowledged writes, not one for every ack that finds the
+// epoch full while that barrier is still on its way (each costs the peer
+// an fdatasync). The barrier is held back here (barrierMu) while 64 writes
+// are acked, as a busy host's scheduler may.
+func TestPairAutoBarrierOncePerEpoch(t *testing.T) {
+	p := newPair(t, "max-epoch-size 16;")
+	require.NoError(t, p.a.Primary(true))
+	p.waitSynced(p.a)
+	s := p.a.sess.Load()
+	require.NotNil(t, s)
+	s.mu.Lock()
+	e0 := s.epoch
+	s.mu.Unlock()
+	rng := rand.New(rand.NewPCG(12, 12))
+	s.barrierMu.Lock()
+	for i := range 64 {
+		require.NoError(t, p.a.WriteAt(randBlock(rng, 4096), int64(i)*4096, false))
+	}
+	s.barrierMu.Unlock()
+	eventually(t, "the automatic barrier acked", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.epoch > e0 && len(s.epochEnd) == 0
+	})
+	time.Sleep(100 * time.Millisecond) // room for any further barrier
+	s.mu.Lock()
+	n, left := s.epoch-e0, len(s.unflushed)
+	s.mu.Unlock()
+	require.Equal(t, uint64(1), n, "barriers cut")
+	require.Zero(t, left, "unflushed after the barrier")
+	require.Same(t, s, p.a.sess.Load(), "link still up")
+	p.sameData()
+}

@@ -96,6 +96,7 @@ type session struct {
 	epoch     uint64
 	unflushed []rng          // WriteAcked, not yet covered by a BarrierAck
 	epochEnd  map[uint64]int // barrier epoch -> len(unflushed) when it was sent
+	autoCut   bool           // an automatic barrier is on its way (complete)
 	dead      bool
 	err       error
 
@@ -106,10 +107,14 @@ type session struct {
 	// barrier's completion (barrier acks go out in order). Receiver only.
 	epochWG     *sync.WaitGroup
 	lastBarrier chan struct{}
-	workers     sync.WaitGroup
-	sem         chan struct{}
-	extra       sync.WaitGroup // loops started after the handshake (startSyncSource)
-	toPrimary   atomic.Bool    // resync source of an attaching Primary (disk.go)
+	// Writes received since the page cache was last dropped or the count
+	// restarted, and how many of them were small (dropCleanCache).
+	// Receiver only.
+	epochWrites, epochSmall int
+	workers                 sync.WaitGroup
+	sem                     chan struct{}
+	extra                   sync.WaitGroup // loops started after the handshake (startSyncSource)
+	toPrimary               atomic.Bool    // resync source of an attaching Primary (disk.go)
 
 	// resync state (source)
 	csums    bool
@@ -246,7 +251,13 @@ func (s *session) complete(seq uint64, ok, same bool) {
 	if ok && p.length > 0 {
 		s.unflushed = append(s.unflushed, p.rng)
 	}
-	auto := len(s.unflushed) >= s.r.maxEpoch() && len(s.epochEnd) == 0
+	// One automatic barrier per full epoch: until the goroutine below
+	// numbers it (barrier sets epochEnd), later acks must not start more
+	// (each costs the peer an fdatasync).
+	auto := len(s.unflushed) >= s.r.maxEpoch() && len(s.epochEnd) == 0 && !s.autoCut
+	if auto {
+		s.autoCut = true
+	}
 	s.mu.Unlock()
 	if !ok && p.length > 0 {
 		s.r.bm.SetRange(p.off, p.length) // the peer does not have it
@@ -290,6 +301,7 @@ func (s *session) barrier() chan bool {
 	e := s.epoch
 	s.barriers[e] = ch
 	s.epochEnd[e] = len(s.unflushed)
+	s.autoCut = false // this barrier closes the epoch that was full
 	s.mu.Unlock()
 	// The barrier must follow every write already acked; the data lock
 	// orders it after every frame written so far.
@@ -824,6 +836,10 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		// per write. FUA writes wait for the disk and go to workers.
 		inline = m.Flags&DataFUA == 0
 		off, length = m.Offset, int64(len(m.Payload))
+		s.epochWrites++
+		if length < smallWrite {
+			s.epochSmall++
+		}
 		work = func() error {
 			err := r.peerIO("write", m.Offset, func() error {
 				return r.b().local.WriteAt(m.Payload, m.Offset, m.Flags&DataFUA != 0)
@@ -912,6 +928,18 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 		// Later writes do not wait for it: they are the next epoch.
 		wg, prev, done := s.epochWG, s.lastBarrier, make(chan struct{})
 		s.epochWG, s.lastBarrier = new(sync.WaitGroup), done
+		// Mostly small writes: drop the cache they went through once it is
+		// clean. Large ones write whole folios, which are cheap to reuse.
+		// At most once per dropEvery small writes (a FLUSH after every
+		// write must not pay for it each time).
+		drop := false
+		switch {
+		case s.epochSmall >= dropEvery:
+			drop = 2*s.epochSmall >= s.epochWrites
+			s.epochWrites, s.epochSmall = 0, 0
+		case s.epochWrites >= 2*dropEvery: // mostly large
+			s.epochWrites, s.epochSmall = 0, 0
+		}
 		s.workers.Go(func() {
 			defer close(done)
 			wg.Wait()
@@ -920,10 +948,15 @@ func (s *session) apply(fseq uint64, m Message) (done bool, err error) {
 			}
 			// Diskless: nothing here to make durable (the Primary's
 			// writes were refused and are out of sync on its side).
-			if err := r.peerIO("flush", 0, r.b().data.Flush); err != nil && !r.detached.Load() {
+			b := r.b()
+			err := r.peerIO("flush", 0, b.data.Flush)
+			if err != nil && !r.detached.Load() {
 				r.log.Error("flush for the peer's barrier failed", "err", err)
 				s.fail(fmt.Errorf("barrier: flush: %w", err))
 				return
+			}
+			if err == nil && drop {
+				r.dropCleanCache(b)
 			}
 			if !s.isDead() {
 				s.sendMeta(&BarrierAckMsg{Epoch: m.Epoch})
