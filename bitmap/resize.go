@@ -316,14 +316,7 @@ type GrowOptions struct {
 // memory, and what failed is covered (an unzeroed old area is marked out
 // of sync, so a resync overwrites it).
 func (m *Meta) Grow(to Layout, o GrowOptions) error {
-	if o.AL != nil {
-		o.AL.txMu.Lock()
-		defer o.AL.txMu.Unlock()
-	}
-	m.updateMu.Lock()
-	defer m.updateMu.Unlock()
-	m.bitmapMu.Lock()
-	defer m.bitmapMu.Unlock()
+	defer m.lockLayout(o.AL)()
 	from := m.lay // updateMu and bitmapMu held: nothing else changes it
 	bad := func(why string, args ...any) error {
 		return fmt.Errorf("bitmap: grow: %w: %s", ErrInvalid, fmt.Sprintf(why, args...))
@@ -518,4 +511,23 @@ func (a *ActivityLog) moved(to Layout) {
 	a.lay = to
 	a.mu.Unlock()
 	a.dataSize.Store(to.DataSize)
+}
+
+// lockLayout takes the locks a layout change (Grow, Shrink) holds
+// throughout, in the order the rest of the package takes them: the
+// activity log's transaction lock (if al is not nil), then updateMu, then
+// bitmapMu. It returns the unlock.
+func (m *Meta) lockLayout(al *ActivityLog) (unlock func()) {
+	if al != nil {
+		al.txMu.Lock()
+	}
+	m.updateMu.Lock()
+	m.bitmapMu.Lock()
+	return func() {
+		m.bitmapMu.Unlock()
+		m.updateMu.Unlock()
+		if al != nil {
+			al.txMu.Unlock()
+		}
+	}
 }

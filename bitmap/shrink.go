@@ -91,14 +91,7 @@ type ShrinkOptions struct {
 // commit the metadata keeps the old layout (on disk and in memory); an
 // error after it wraps ErrShrunkPartly.
 func (m *Meta) Shrink(to Layout, o ShrinkOptions) error {
-	if o.AL != nil {
-		o.AL.txMu.Lock()
-		defer o.AL.txMu.Unlock()
-	}
-	m.updateMu.Lock()
-	defer m.updateMu.Unlock()
-	m.bitmapMu.Lock()
-	defer m.bitmapMu.Unlock()
+	defer m.lockLayout(o.AL)()
 	from := m.lay
 	bad := func(why string, args ...any) error {
 		return fmt.Errorf("bitmap: shrink: %w: %s", ErrInvalid, fmt.Sprintf(why, args...))

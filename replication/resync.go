@@ -193,8 +193,7 @@ func (s *session) resyncRun(off, length int64, done func()) {
 		return
 	}
 	r.link.resyncWire.Add(HeaderSize + csumReqSize)
-	alg, _ := digestAlg(r.res.Net.CsumsAlg) // the config parser allows only known names
-	s.writeDataSeq(seq, &ChecksumRequestMsg{Offset: off, Length: length, Sum: digest(alg, buf), Alg: alg})
+	s.writeDataSeq(seq, &ChecksumRequestMsg{Offset: off, Length: length, Sum: digest(s.csumAlg, buf), Alg: s.csumAlg})
 }
 
 // finishSource completes the resync on the source side.

@@ -118,6 +118,7 @@ type session struct {
 
 	// resync state (source)
 	csums    bool
+	csumAlg  uint8 // csums-alg's digest (digest.go), fixed at the handshake
 	syncedAt time.Time
 
 	rz resizeWait // resize.go: the answer to a Resize
@@ -537,6 +538,7 @@ func (s *session) handshake() (SyncKind, error) {
 		}
 		peerDisk = DiskInconsistent
 		s.csums = peer.CrashedPrimary || me.CrashedPrimary || r.res.Net.CsumsAlg != ""
+		s.csumAlg, _ = digestAlg(r.res.Net.CsumsAlg) // the config parser allows only known names
 		// An Inconsistent Primary as the target: one that was attaching a
 		// new disk when the link broke (disk.go).
 		s.toPrimary.Store(peer.Role == RolePrimary)
