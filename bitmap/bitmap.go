@@ -273,8 +273,8 @@ func (b *Bitmap) Clone() *Bitmap {
 }
 
 // Grow extends the bitmap to cover dataSize bytes; the new bits are clear.
-// ErrInvalid for a smaller size (a bitmap never shrinks: the bits of the
-// blocks past the new end would be lost).
+// ErrInvalid for a smaller size (Grow never drops bits; a shrink of the
+// device goes through Meta.Shrink, which cuts the bitmap with shrink).
 func (b *Bitmap) Grow(dataSize int64) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
